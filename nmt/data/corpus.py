@@ -1,0 +1,327 @@
+"""Parallel text: reading, checking, cleaning, and a catalog of known corpora.
+
+A corpus side is a text file (plain or gzip), UTF-8, one sentence a line; line N
+of the source side translates line N of the target side. Files are streamed line
+by line, never read whole.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from nmt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
+DATA_DIR_ENV = "NMT_DATA_DIR"
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """Open a file for reading bytes, transparently un-gzipping it.
+
+    Gzip is detected from the file's first bytes, not its name.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a text file")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == GZIP_MAGIC:
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def read_lines(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file (plain or gzip) without line endings.
+
+    Raises DataError naming the file (and line) for a missing file, invalid UTF-8,
+    a corrupt gzip stream, or an empty file.
+    """
+    path = Path(path)
+    n = 0
+    with _open_binary(path) as f:
+        try:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{path}, line {n}: invalid UTF-8 (byte {e.start + 1} of the line: "
+                        f"{raw[e.start:e.start + 1]!r}); the file must be UTF-8 text"
+                    ) from None
+                if n == 1 and line.startswith("\ufeff"):
+                    line = line[1:]
+                yield line.rstrip("\r\n")
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DataError(f"{path}, after line {n}: cannot read the file ({e})") from None
+    if n == 0 and not allow_empty:
+        raise DataError(f"{path}: the file is empty")
+
+
+def count_lines(path: str | os.PathLike) -> int:
+    """Number of lines in a text file (plain or gzip)."""
+    with _open_binary(Path(path)) as f:
+        return sum(1 for _ in f)
+
+
+def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike
+                  ) -> Iterator[tuple[str, str]]:
+    """Yield aligned (source, target) line pairs from two files.
+
+    Raises DataError with both line counts if the two sides differ in length.
+    """
+    src_it = read_lines(src_path)
+    tgt_it = read_lines(tgt_path)
+    n = 0
+    for n, src in enumerate(src_it, start=1):
+        tgt = next(tgt_it, None)
+        if tgt is None:
+            n_src = n + sum(1 for _ in src_it)
+            raise DataError(_misaligned(src_path, n_src, tgt_path, n - 1))
+        yield src, tgt
+    rest = sum(1 for _ in tgt_it)
+    if rest:
+        raise DataError(_misaligned(src_path, n, tgt_path, n + rest))
+
+
+def _misaligned(src_path, n_src: int, tgt_path, n_tgt: int) -> str:
+    return (
+        f"source and target differ in length: {src_path} has {n_src} lines but "
+        f"{tgt_path} has {n_tgt} lines; line N of one side must translate line N of the other"
+    )
+
+
+# --- cleaning --------------------------------------------------------------------------------
+
+
+@dataclass
+class CleanReport:
+    """How many training pairs cleaning kept and why it dropped the others."""
+
+    total: int = 0
+    kept: int = 0
+    empty: int = 0
+    too_long: int = 0
+    bad_ratio: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.empty + self.too_long + self.bad_ratio
+
+    def __str__(self) -> str:
+        return (
+            f"kept {self.kept} of {self.total} pairs; dropped {self.dropped} "
+            f"({self.empty} with an empty side, {self.too_long} longer than max_len, "
+            f"{self.bad_ratio} with a length ratio above max_ratio)"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {"total": self.total, "kept": self.kept, "dropped": self.dropped,
+                "empty": self.empty, "too_long": self.too_long, "bad_ratio": self.bad_ratio}
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Filters for training pairs; lengths are counted in subword tokens.
+
+    ``max_len`` or ``max_ratio`` set to None disables that filter.
+    """
+
+    drop_empty: bool = True
+    max_len: int | None = 100
+    max_ratio: float | None = 3.0
+
+    def __post_init__(self) -> None:
+        if self.max_len is not None and self.max_len < 1:
+            raise DataError(f"clean.max_len must be a positive number of tokens, got {self.max_len}")
+        if self.max_ratio is not None and self.max_ratio < 1:
+            raise DataError(f"clean.max_ratio must be >= 1, got {self.max_ratio}")
+
+    def reason(self, src_len: int, tgt_len: int) -> str | None:
+        """Why a pair with these token lengths is dropped, or None to keep it."""
+        if src_len == 0 or tgt_len == 0:
+            return "empty" if self.drop_empty else None
+        if self.max_len is not None and max(src_len, tgt_len) > self.max_len:
+            return "too_long"
+        if self.max_ratio is not None and max(src_len, tgt_len) > self.max_ratio * min(
+            src_len, tgt_len
+        ):
+            return "bad_ratio"
+        return None
+
+
+# --- catalog of known corpora ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogCorpus:
+    """A public corpus: where its files live online and their sha256 checksums."""
+
+    name: str
+    url: str  # template with {file}
+    languages: tuple[str, ...]
+    splits: tuple[str, ...]
+    sha256: dict[str, str] = field(default_factory=dict)
+    pattern: str = "{split}.{lang}.gz"
+
+    def filename(self, split: str, lang: str) -> str:
+        if split not in self.splits:
+            raise DataError(
+                f"corpus {self.name!r} has no split {split!r}; valid splits: {', '.join(self.splits)}"
+            )
+        if lang not in self.languages:
+            raise DataError(
+                f"corpus {self.name!r} has no language {lang!r}; "
+                f"valid languages: {', '.join(self.languages)}"
+            )
+        return self.pattern.format(split=split, lang=lang)
+
+
+MULTI30K_COMMIT = "a3d2e0d26b56f3846f66a952536ffed4e401d05a"
+
+CATALOG: dict[str, CatalogCorpus] = {
+    "multi30k": CatalogCorpus(
+        name="multi30k",
+        url="https://raw.githubusercontent.com/multi30k/dataset/"
+        f"{MULTI30K_COMMIT}/data/task1/raw/{{file}}",
+        languages=("en", "de", "fr", "cs"),
+        splits=("train", "val", "test_2016_flickr"),
+        sha256={
+            "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+            "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+            "train.fr.gz": "622e75069e9f4c577425c4f277116ce66e63a2401c0a2312d90073cb12379a3c",
+            "train.cs.gz": "a65adb8b32e3bc664f21ecba7a6e7f6950fd1f405e135f7c312faabdb6255077",
+            "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+            "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+            "val.fr.gz": "ca3106f1a72390591d25f6c45cb4cd39dec4cd3f123e099748a3ce5256c160e9",
+            "val.cs.gz": "b63226e05c4bd5dd6a42897d74b86a1b9d2c31498252c572b1ea7f7996927fcc",
+            "test_2016_flickr.en.gz":
+                "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+            "test_2016_flickr.de.gz":
+                "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+            "test_2016_flickr.fr.gz":
+                "6d326e188d259fb1d04ac19eae3af956559b3a0b93d7635e56c90987c40c8b90",
+            "test_2016_flickr.cs.gz":
+                "200a4a74cc9560f051924abb9803be008d1908d77f747e9141aeb86dfd2797f1",
+        },
+    ),
+}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def get_catalog_corpus(name: str) -> CatalogCorpus:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise DataError(
+            f"unknown corpus {name!r}; known corpora: {', '.join(sorted(CATALOG))} "
+            "(or use data=files for your own files)"
+        ) from None
+
+
+def fetch_file(corpus: CatalogCorpus, filename: str, cache_dir: str | os.PathLike,
+               local_dir: str | os.PathLike | None = None) -> Path:
+    """Return a verified local path for one file of a catalog corpus.
+
+    Looks, in order, in the cache ``cache_dir/<corpus>/``, in an existing copy
+    under ``local_dir`` (``local_dir/<corpus>/<file>`` or ``local_dir/<file>``;
+    ``local_dir`` defaults to $NMT_DATA_DIR), and finally downloads the file.
+    Every file's sha256 is checked, wherever it came from.
+    """
+    expected = corpus.sha256[filename]
+    cached = Path(cache_dir) / corpus.name / filename
+    if cached.exists():
+        _verify(cached, expected)
+        return cached
+
+    local_dir = local_dir if local_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    if local_dir is not None:
+        for candidate in (Path(local_dir) / corpus.name / filename, Path(local_dir) / filename):
+            if candidate.exists():
+                _verify(candidate, expected)
+                return candidate
+
+    url = corpus.url.format(file=filename)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s", url)
+    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{filename}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+            shutil.copyfileobj(resp, out)
+        _verify(Path(tmp), expected, source=url)
+        os.replace(tmp, cached)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        where = (f"{Path(local_dir) / corpus.name}/ (from local_dir or ${DATA_DIR_ENV})"
+                 if local_dir else f"a directory given as data.local_dir or ${DATA_DIR_ENV}")
+        raise DataError(
+            f"cannot download {url} ({e}). If this machine is offline, put a copy of "
+            f"{filename} in {cached.parent}/ or in {where}; "
+            f"for example: export {DATA_DIR_ENV}=/path/to/data with {corpus.name}/{filename} "
+            "inside it"
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return cached
+
+
+def _verify(path: Path, expected: str, source: str | None = None) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DataError(
+            f"{source or path}: checksum mismatch (sha256 {actual}, expected {expected}); "
+            "the file is corrupt or not the published version: delete it and fetch it again"
+        )
+
+
+@dataclass(frozen=True)
+class ParallelFiles:
+    """The two sides of one split."""
+
+    src: Path
+    tgt: Path
+    checksum: str | None = None  # known content hash (catalog corpora)
+
+    def fingerprint(self) -> str:
+        """Identity of the files' contents: the known checksum, else path, size and mtime."""
+        if self.checksum is not None:
+            return self.checksum
+        parts = []
+        for p in (self.src, self.tgt):
+            st = p.stat()
+            parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+        return "|".join(parts)
+
+
+def fetch_split(corpus: str, split: str, src_lang: str, tgt_lang: str,
+                cache_dir: str | os.PathLike, local_dir: str | os.PathLike | None = None
+                ) -> ParallelFiles:
+    """Verified local paths of both sides of a catalog corpus split."""
+    entry = get_catalog_corpus(corpus)
+    if src_lang == tgt_lang:
+        raise DataError(f"source and target language are both {src_lang!r}")
+    src_name, tgt_name = entry.filename(split, src_lang), entry.filename(split, tgt_lang)
+    src = fetch_file(entry, src_name, cache_dir, local_dir)
+    tgt = fetch_file(entry, tgt_name, cache_dir, local_dir)
+    return ParallelFiles(src, tgt, checksum=entry.sha256[src_name] + entry.sha256[tgt_name])

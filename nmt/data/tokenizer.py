@@ -1,0 +1,177 @@
+"""SentencePiece tokenizers: train, cache, load, encode, decode.
+
+Special ids are fixed for every model we train or load: pad 0, unk 1, bos 2,
+eos 3. A model's bytes (its serialized proto) are all that is needed to rebuild
+it, which is how checkpoints carry their tokenizers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+from nmt.errors import TokenizerError
+
+log = logging.getLogger(__name__)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+MODEL_TYPES = ("unigram", "bpe", "char", "word")
+
+
+class Tokenizer:
+    """A SentencePiece model with our fixed special ids."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        self.model_proto = bytes(model_proto)
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(self.model_proto)
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"not a valid SentencePiece model ({e})") from None
+        expected = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+        actual = {"pad": self.sp.pad_id(), "unk": self.sp.unk_id(),
+                  "bos": self.sp.bos_id(), "eos": self.sp.eos_id()}
+        if actual != expected:
+            raise TokenizerError(
+                f"SentencePiece model has special ids {actual}, expected {expected}; "
+                "train it with pad_id=0 unk_id=1 bos_id=2 eos_id=3"
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: SentencePiece model not found")
+        try:
+            return cls(path.read_bytes())
+        except TokenizerError as e:
+            raise TokenizerError(f"{path}: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        _atomic_write(Path(path), self.model_proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_proto).hexdigest()[:16]
+
+    def encode(self, texts: list[str], num_threads: int = -1) -> list[list[int]]:
+        """Token ids of each text, without bos/eos."""
+        return self.sp.encode(texts, out_type=int, num_threads=num_threads)
+
+    def encode_pieces(self, text: str) -> list[str]:
+        return self.sp.encode(text, out_type=str)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Detokenized text of each id sequence; special ids are skipped."""
+        return self.sp.decode([[i for i in seq if i > EOS_ID] for seq in ids])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.model_proto == other.model_proto
+
+    def __hash__(self) -> int:
+        return hash(self.model_proto)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How to train SentencePiece. ``joint`` shares one model between both sides."""
+
+    joint: bool = True
+    vocab_size: int = 8000
+    model_type: str = "unigram"
+    character_coverage: float = 1.0
+    input_sentence_size: int = 1_000_000  # sentences sampled for training; 0 = all
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise TokenizerError(
+                f"unknown tokenizer model_type {self.model_type!r}; "
+                f"valid choices: {', '.join(MODEL_TYPES)}"
+            )
+        if self.vocab_size <= EOS_ID + 1:
+            raise TokenizerError(f"tokenizer vocab_size must be > 4, got {self.vocab_size}")
+        if not 0 < self.character_coverage <= 1:
+            raise TokenizerError(
+                f"tokenizer character_coverage must be in (0, 1], got {self.character_coverage}"
+            )
+        if self.input_sentence_size < 0:
+            raise TokenizerError("tokenizer input_sentence_size must be >= 0")
+
+    def key(self, data_fingerprint: str) -> str:
+        blob = json.dumps({"data": data_fingerprint, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+    """Train one SentencePiece model on the given sentences (empty ones are skipped)."""
+    writer = io.BytesIO()
+    count = 0
+
+    def nonempty() -> Iterator[str]:
+        nonlocal count
+        for s in sentences:
+            if s.strip():
+                count += 1
+                yield s
+
+    spm.set_random_generator_seed(cfg.seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=nonempty(),
+            model_writer=writer,
+            vocab_size=cfg.vocab_size,
+            model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            input_sentence_size=cfg.input_sentence_size,
+            shuffle_input_sentence=True,
+            seed_sentencepiece_size=1_000_000,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        msg = str(e)
+        if "Vocabulary size" in msg:
+            raise TokenizerError(
+                f"tokenizer vocab_size={cfg.vocab_size} is too large for this training data "
+                f"({count} sentences): {msg.strip()}; lower tokenizer.vocab_size"
+            ) from None
+        raise TokenizerError(f"SentencePiece training failed: {msg.strip()}") from None
+    if count == 0:
+        raise TokenizerError("no non-empty sentences to train the tokenizer on")
+    return Tokenizer(writer.getvalue())
+
+
+def load_or_train(cache_dir: Path, name: str, sentences: Iterable[str], cfg: TokenizerConfig
+                  ) -> Tokenizer:
+    """Load ``cache_dir/name.model`` or train it from ``sentences`` and save it there."""
+    path = cache_dir / f"{name}.model"
+    if path.is_file():
+        return Tokenizer.load(path)
+    log.info("training SentencePiece model %s (vocab %d, %s)", path, cfg.vocab_size,
+             cfg.model_type)
+    tok = train_sentencepiece(sentences, cfg)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(path)
+    return tok
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
