@@ -147,7 +147,7 @@ class CleanConfig:
 
     def __post_init__(self) -> None:
         if self.max_len is not None and self.max_len < 1:
-            raise DataError(f"clean.max_len must be a positive number of tokens, got {self.max_len}")
+            raise DataError(f"clean.max_len must be a positive token count, got {self.max_len}")
         if self.max_ratio is not None and self.max_ratio < 1:
             raise DataError(f"clean.max_ratio must be >= 1, got {self.max_ratio}")
 
@@ -180,9 +180,8 @@ class CatalogCorpus:
 
     def filename(self, split: str, lang: str) -> str:
         if split not in self.splits:
-            raise DataError(
-                f"corpus {self.name!r} has no split {split!r}; valid splits: {', '.join(self.splits)}"
-            )
+            raise DataError(f"corpus {self.name!r} has no split {split!r}; "
+                            f"valid splits: {', '.join(self.splits)}")
         if lang not in self.languages:
             raise DataError(
                 f"corpus {self.name!r} has no language {lang!r}; "

@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -136,14 +136,14 @@ def encode_split(files: ParallelFiles, src_tok: Tokenizer, tgt_tok: Tokenizer,
             pairs = read_parallel(files.src, files.tgt)
             line = 0
             while True:
-                chunk = [p for _, p in zip(range(chunk_lines), pairs)]
+                chunk = list(islice(pairs, chunk_lines))
                 if not chunk:
                     break
                 src_ids = src_tok.encode([s for s, _ in chunk])
                 tgt_ids = tgt_tok.encode([t for _, t in chunk])
                 keep = np.ones(len(chunk), dtype=bool)
                 if clean is not None:
-                    for k, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+                    for k, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)):
                         why = clean.reason(len(s), len(t))
                         if why is not None:
                             keep[k] = False

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -145,10 +146,12 @@ def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig) -> Token
         )
     except RuntimeError as e:
         msg = str(e)
+        limit = re.search(r"value <= (\d+)", msg)
         if "Vocabulary size" in msg:
             raise TokenizerError(
                 f"tokenizer vocab_size={cfg.vocab_size} is too large for this training data "
-                f"({count} sentences): {msg.strip()}; lower tokenizer.vocab_size"
+                f"({count} sentences); lower tokenizer.vocab_size"
+                + (f" to at most {limit.group(1)}" if limit else "")
             ) from None
         raise TokenizerError(f"SentencePiece training failed: {msg.strip()}") from None
     if count == 0:

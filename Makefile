@@ -1,0 +1,38 @@
+# The two README commands: `make demo` (the main job end to end) and `make test`.
+# Both create .venv and install the project into it first (torch pinned by
+# constraints.txt to the CPU build 2.13.0 on machines like ours).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Offline machines: an existing copy of the corpora (see README, "Data").
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(NMT_DATA_DIR),)
+ifneq ($(wildcard $(SHARED_DATA)/multi30k),)
+export NMT_DATA_DIR := $(SHARED_DATA)
+endif
+endif
+
+.PHONY: install demo test test-fast lint bench-data
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: install
+	$(PY) -m nmt.cli prepare
+
+lint: install
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest -m "slow or not slow"
+
+test-fast: install
+	$(PY) -m pytest
+
+bench-data: install
+	$(PY) bench/data.py

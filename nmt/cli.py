@@ -1,0 +1,67 @@
+"""Command-line entry points: compose a Hydra config, call one function, report user errors.
+
+The root scripts (train.py, translate.py, evaluate.py) and the console scripts in
+pyproject.toml all land here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from nmt.errors import NMTError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+log = logging.getLogger("nmt")
+
+
+def report_errors(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Turn an NMTError into a one-line message and exit status 2, no traceback."""
+
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return fn(cfg)
+        except NMTError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def as_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+@report_errors
+def prepare(cfg: DictConfig) -> dict[str, Any]:
+    """Fetch the data, train the tokenizers, encode every split; print a JSON summary."""
+    from nmt.data.prepare import describe
+    from nmt.data.prepare import prepare as prepare_data
+
+    prepared = prepare_data(as_dict(cfg.data), as_dict(cfg.tokenizer))
+    summary = describe(prepared, cfg.max_tokens)
+    summary["timings_s"] = {k: round(v, 3) for k, v in prepared.timings.items()}
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+def prepare_main() -> None:
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")(prepare)()
+
+
+if __name__ == "__main__":
+    commands = {"prepare": prepare_main}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
+    name = sys.argv.pop(1)
+    commands[name]()

@@ -1,0 +1,98 @@
+"""Config composition and the command-line entry points (run as a user would)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import files_config
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nmt.data.corpus import CATALOG
+from nmt.data.prepare import DataConfig, from_dict
+from nmt.data.tokenizer import TokenizerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(config: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config, overrides=overrides)
+
+
+@pytest.mark.parametrize("data", choices("data"))
+def test_every_data_config_composes(data):
+    cfg = compose_cfg("prepare", [f"data={data}"])
+    values = OmegaConf.to_container(cfg.data, resolve=False)
+    dc = from_dict(DataConfig, values, "data")
+    if dc.corpus is not None:
+        entry = CATALOG[dc.corpus]
+        for split in dc.splits.values():
+            entry.filename(split, dc.src_lang)
+            entry.filename(split, dc.tgt_lang)
+        assert data == f"{dc.corpus}_{dc.src_lang}_{dc.tgt_lang}" == dc.name
+    dc.clean_config()
+
+
+@pytest.mark.parametrize("tokenizer", choices("tokenizer"))
+def test_every_tokenizer_config_composes(tokenizer):
+    cfg = compose_cfg("prepare", [f"tokenizer={tokenizer}"])
+    tc = from_dict(TokenizerConfig, OmegaConf.to_container(cfg.tokenizer), "tokenizer")
+    assert tc.joint == (tokenizer == "spm_joint")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nmt.cli", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=300)
+
+
+def files_overrides(cfg: dict) -> list[str]:
+    out = ["data=files", f"data.root={cfg['root']}", "data.src_lang=en", "data.tgt_lang=de",
+           "tokenizer.vocab_size=40"]
+    for split, sides in cfg["files"].items():
+        out += [f"data.files.{split}.{side}={path}" for side, path in sides.items()]
+    return out
+
+
+def test_prepare_command_on_own_files(toy_dir, tmp_path):
+    cfg = files_config(toy_dir, tmp_path / "cache")
+    result = run_cli("prepare", *files_overrides(cfg), "max_tokens=500", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["train"]["pairs"] == 600 and summary["valid"]["pairs"] == 40
+    assert summary["src_vocab"] == 40
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.files.valid.src=/no/such/file.en", "error: /no/such/file.en: file not found"),
+    ("tokenizer.model_type=wordpiece", "error: unknown tokenizer model_type 'wordpiece'"),
+    ("tokenizer.vocab_size=100000", "error: tokenizer vocab_size=100000 is too large"),
+])
+def test_prepare_command_errors_are_one_line(toy_dir, tmp_path, override, message):
+    cfg = files_config(toy_dir, tmp_path / "cache")
+    result = run_cli("prepare", *files_overrides(cfg), override, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_choice_lists_valid_ones(tmp_path):
+    result = run_cli("prepare", "data=multi30k_en_xx", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'data/multi30k_en_xx'" in result.stderr
+    assert "multi30k_en_de" in result.stderr and "files" in result.stderr
+
+
+def test_misspelled_key_is_refused(tmp_path):
+    result = run_cli("prepare", "data.srclang=en", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Key 'srclang' is not in struct" in result.stderr
