@@ -55,12 +55,26 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+@report_errors
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train as configured (conf/train.yaml); print the final metrics as JSON."""
+    from nmt.train import train as run_training
+
+    metrics = run_training(cfg)
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return metrics
+
+
+def train_main() -> None:
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(train)()
+
+
 def prepare_main() -> None:
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")(prepare)()
 
 
 if __name__ == "__main__":
-    commands = {"prepare": prepare_main}
+    commands = {"prepare": prepare_main, "train": train_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
     name = sys.argv.pop(1)

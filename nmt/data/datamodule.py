@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from nmt.data.corpus import read_lines
 from nmt.data.dataset import ParallelDataset, collate
 from nmt.data.prepare import DataConfig, PreparedData, from_dict, prepare
 from nmt.data.sampler import TokenBatchSampler
@@ -40,6 +41,27 @@ class NMTDataModule(L.LightningDataModule):
         self.prepared: PreparedData | None = None
         self._train_sampler: TokenBatchSampler | None = None
         self._resume_state: dict[str, int] | None = None
+        self._references: dict[str, list[str]] = {}
+
+    def references(self, split: str) -> list[str]:
+        """The raw target lines of a split (dev/test are never filtered, so line i is example i)."""
+        if split not in self._references:
+            self.dataset(split)  # prepares the data if needed; checks the split exists
+            assert self.prepared is not None
+            tgt = self.prepared.files[split].tgt
+            self._references[split] = list(read_lines(tgt, allow_empty=True))
+        return self._references[split]
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training data order stands: saved in every checkpoint by Lightning."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or self._train_sampler is None:
+            return {}
+        consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return self._train_sampler.state_dict(consumed=consumed)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_state = state or None
 
     def prepare_data(self) -> None:
         prepare(self.data_cfg, self.tokenizer_cfg)

@@ -116,10 +116,19 @@ class TokenBatchSampler(Sampler[list[int]]):
             yield b.tolist()
 
     def __len__(self) -> int:
-        return len(self.rank_batches()) - self.start
+        # The whole epoch, also when resuming: Lightning counts the batches already done.
+        return len(self.rank_batches())
+
+    @property
+    def sampler(self) -> TokenBatchSampler:
+        """Lightning calls ``set_epoch`` on ``batch_sampler.sampler`` (as on torch's
+        BatchSampler), not on the batch sampler itself: point it here."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
+        """Called by Lightning at the start of every epoch; a new epoch starts at batch 0."""
+        if epoch != self.epoch:
+            self.start = 0
         self.epoch = epoch
 
     # -- resuming ------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""The recurrent decoder with attention and optional input feeding.
+
+Every attention type uses the same flow (Luong et al., 2015): the recurrence runs
+first, its top state h_t queries the encoder states, and the attentional vector
+o_t = tanh(W [h_t; c_t]) is what the output layer reads. With input feeding, o_t
+is also fed to the next step's input, which forces a step-by-step loop in
+training; without it, the recurrence runs over the whole target in one call and
+attention is computed for all steps at once (``forward``'s fast path). Both
+paths use the same parameters and give the same result.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from nmt.model.attention import build_attention
+from nmt.model.encoder import State, build_rnn, run_rnn
+
+
+class DecoderState(NamedTuple):
+    """Immutable decoder state; every step returns a new one."""
+
+    hidden: State  # (L, B, H), or (h, c) for LSTM
+    feed: torch.Tensor | None  # (B, H) previous attentional vector (input feeding) or None
+
+
+class RNNDecoder(nn.Module):
+    def __init__(self, cell: str, emb_size: int, hidden_size: int, memory_size: int,
+                 num_layers: int = 1, attention: str = "bahdanau",
+                 attention_size: int | None = None, input_feeding: bool = True,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.input_feeding = input_feeding
+        input_size = emb_size + (hidden_size if input_feeding else 0)
+        self.rnn = build_rnn(cell, input_size, hidden_size, num_layers, dropout)
+        self.attention = build_attention(attention, hidden_size, memory_size,
+                                         attention_size or hidden_size)
+        # Luong's attentional layer, without bias.
+        self.combine = (nn.Linear(hidden_size + memory_size, hidden_size, bias=False)
+                        if self.attention is not None else None)
+        self.dropout = nn.Dropout(dropout)
+
+    def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.attention.project_keys(memory) if self.attention is not None else memory
+
+    def _attend(self, h: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """h (B, [T,] H) -> attentional vectors (B, [T,] H) and weights (B, [T,] S)."""
+        if self.attention is None:
+            return self.dropout(h), None
+        context, weights = self.attention(h, keys, memory, mask)
+        out = torch.tanh(self.combine(torch.cat([h, context], dim=-1)))
+        return self.dropout(out), weights
+
+    def step(self, emb: torch.Tensor, state: DecoderState, keys: torch.Tensor,
+             memory: torch.Tensor, mask: torch.Tensor
+             ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """One step: emb (B, E) of the previous token -> output (B, H), new state, attn (B, S)."""
+        x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
+        out, hidden = run_rnn(self.rnn, x.unsqueeze(1), state.hidden)  # (B, 1, H)
+        o, weights = self._attend(out.squeeze(1), keys, memory, mask)
+        return o, DecoderState(hidden, o if self.input_feeding else None), weights
+
+    def forward(self, emb: torch.Tensor, state: DecoderState, keys: torch.Tensor,
+                memory: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher forcing: emb (B, T, E) -> outputs (B, T, H), attention (B, T, S)."""
+        if not self.input_feeding:
+            out, _ = run_rnn(self.rnn, emb, state.hidden)  # (B, T, H): the whole recurrence at once
+            return self._attend(out, keys, memory, mask)
+        outputs, weights = [], []
+        for emb_t in emb.unbind(1):  # unbind: one backward node, no per-step zero-filled grads
+            o, state, w = self.step(emb_t, state, keys, memory, mask)
+            outputs.append(o)
+            weights.append(w)
+        attn = torch.stack(weights, dim=1) if self.attention is not None else None
+        return torch.stack(outputs, dim=1), attn
+
+    def initial_feed(self, batch_size: int, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.input_feeding:
+            return None
+        return like.new_zeros(batch_size, self.hidden_size)

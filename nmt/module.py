@@ -1,0 +1,284 @@
+"""The LightningModule: loss, metrics, validation BLEU, optimizers and schedules.
+
+It takes plain hyperparameters and builds its own network, so a checkpoint loads
+with no Hydra and no config file beside it; the SentencePiece models travel in
+the checkpoint too (``checkpoint["tokenizers"]``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+import lightning as L
+import sacrebleu
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from nmt.data.dataset import Batch
+from nmt.data.tokenizer import PAD_ID, Tokenizer
+from nmt.errors import ConfigError
+from nmt.model.seq2seq import Seq2Seq
+from nmt.search import beam_search, greedy_search
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+SCHEDULERS = ("none", "plateau", "inverse_sqrt", "cosine")
+DECODING_KEYS = ("beam_size", "alpha", "max_len_a", "max_len_b")
+
+
+def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, smoothing: float,
+                       pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed loss, summed NLL and the number of real target tokens.
+
+    Same loss as nn.CrossEntropyLoss(label_smoothing=smoothing, ignore_index=pad_id,
+    reduction="sum"), but one log-softmax serves both the loss and the perplexity.
+    """
+    logits = logits.reshape(-1, logits.size(-1))  # (N, V)
+    target = target.reshape(-1)  # (N,)
+    real = target != pad_id
+    lprobs = F.log_softmax(logits.float(), dim=-1)
+    nll = -lprobs.gather(1, target.unsqueeze(1)).squeeze(1)  # (N,)
+    nll = nll.masked_fill(~real, 0.0).sum()
+    if smoothing > 0:
+        uniform = -lprobs.mean(dim=-1).masked_fill(~real, 0.0).sum()
+        loss = (1.0 - smoothing) * nll + smoothing * uniform
+    else:
+        loss = nll
+    return loss, nll, real.sum()
+
+
+def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup to 1, then decay with 1/sqrt(step) (Vaswani et al.)."""
+    step += 1
+    warmup = max(1, warmup_steps)
+    return min(step / warmup, math.sqrt(warmup / step))
+
+
+def cosine_factor(step: int, warmup_steps: int, total_steps: int, min_factor: float) -> float:
+    """Linear warmup, then a half cosine from 1 down to ``min_factor`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class TranslationModule(L.LightningModule):
+    """Seq2seq training with label-smoothed cross-entropy and validation BLEU/chrF."""
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, model: dict[str, Any],
+                 optim: dict[str, Any], label_smoothing: float = 0.1,
+                 validation: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        validation = {"beam_size": 1, "alpha": 0.6, "max_len_a": 1.5, "max_len_b": 10,
+                      **(validation or {})}
+        unknown = set(validation) - set(DECODING_KEYS)
+        if unknown:
+            raise ConfigError(f"validation: unknown key(s) {sorted(unknown)}; "
+                              f"valid keys: {', '.join(DECODING_KEYS)}")
+        check_optim(optim)
+        self.save_hyperparameters()
+        try:
+            self.model = Seq2Seq(src_vocab_size, tgt_vocab_size, pad_id=PAD_ID, **model)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"model: {e}") from None
+        self.src_spm: bytes | None = None
+        self.tgt_spm: bytes | None = None
+        self._step_start: float | None = None
+        self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
+        self._val_sums = torch.zeros(3)  # loss, nll, tokens
+
+    # -- tokenizers in the checkpoint ----------------------------------------------------
+
+    def set_tokenizers(self, src: Tokenizer, tgt: Tokenizer) -> None:
+        self.src_spm, self.tgt_spm = src.model_proto, tgt.model_proto
+
+    @property
+    def tgt_tokenizer(self) -> Tokenizer:
+        if self.tgt_spm is None:
+            raise RuntimeError("no tokenizers: call set_tokenizers first")
+        return _tokenizer(self.tgt_spm)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizers"] = {"src": self.src_spm, "tgt": self.tgt_spm}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        tokenizers = checkpoint.get("tokenizers") or {}
+        self.src_spm, self.tgt_spm = tokenizers.get("src"), tokenizers.get("tgt")
+
+    # -- training ------------------------------------------------------------------------
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch.src, batch.src_lengths, batch.tgt_in)  # (B, T, V)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss, nll, n_tokens = label_smoothed_nll(logits, batch.tgt_out,
+                                                 self.hparams.label_smoothing)
+        n = n_tokens.clamp(min=1)
+        with torch.no_grad():
+            correct = ((logits.argmax(-1) == batch.tgt_out) & (batch.tgt_out != PAD_ID)).sum()
+        bsz = batch.src.size(0)
+        self.log("train/loss", loss / n, prog_bar=True, batch_size=bsz)
+        self.log("train/ppl", torch.exp((nll / n).clamp(max=50)), batch_size=bsz)
+        self.log("train/acc", correct / n, batch_size=bsz)
+        return loss / n
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        if self._step_start is None:
+            self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        # Time from one step's end to the next: data loading included.
+        now = time.perf_counter()
+        elapsed = now - (self._step_start or now)
+        self._step_start = now
+        real = int(batch.src_lengths.sum()) + int((batch.tgt_out != PAD_ID).sum())
+        if elapsed > 0:
+            self.log("train/tokens_per_s", real / elapsed * self.trainer.world_size,
+                     prog_bar=True, batch_size=batch.src.size(0))
+
+    # -- validation and test: loss, perplexity, and BLEU/chrF of decoded translations ----
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val", "valid")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test", "test")
+
+    def _eval_start(self) -> None:
+        self._val_outputs = []
+        self._val_sums = torch.zeros(3, device=self.device)
+
+    def _eval_step(self, batch: Batch) -> None:
+        logits = self(batch)
+        loss, nll, n_tokens = label_smoothed_nll(logits, batch.tgt_out,
+                                                 self.hparams.label_smoothing)
+        self._val_sums += torch.stack([loss.detach(), nll.detach(), n_tokens.float()])
+        hyps = self.decode(batch.src, batch.src_lengths, **self.hparams.validation)
+        self._val_outputs.append((batch.indices.tolist(), hyps))
+
+    def decode(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int = 1,
+               alpha: float = 0.6, max_len_a: float = 1.5, max_len_b: int = 10
+               ) -> list[list[int]]:
+        """Best hypothesis' token ids for each sentence (greedy when beam_size is 1)."""
+        if beam_size == 1:
+            results = greedy_search(self.model, src, src_lengths, max_len_a=max_len_a,
+                                    max_len_b=max_len_b)
+        else:
+            results = beam_search(self.model, src, src_lengths, beam_size=beam_size,
+                                  alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b)
+        return [list(r[0].tokens) for r in results]
+
+    def _eval_end(self, prefix: str, split: str) -> None:
+        sums = self._val_sums
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            dist.all_reduce(sums)
+        n = sums[2].clamp(min=1)
+        self.log(f"{prefix}/loss", sums[0] / n)
+        self.log(f"{prefix}/ppl", torch.exp((sums[1] / n).clamp(max=50)))
+        if self.trainer.sanity_checking:
+            return
+        outputs = self._val_outputs
+        if distributed:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, outputs)
+            outputs = [o for rank_outputs in gathered for o in rank_outputs]
+        refs = self._references(split)
+        if refs is None or self.tgt_spm is None:
+            return
+        by_index: dict[int, list[int]] = {}
+        for indices, hyps in outputs:
+            by_index.update(zip(indices, hyps, strict=True))
+        if len(by_index) != len(refs):
+            return  # a partial run (limit_val_batches, fast_dev_run): no corpus score
+        hyps = self.tgt_tokenizer.decode([by_index[i] for i in range(len(refs))])
+        self.log(f"{prefix}/bleu", sacrebleu.corpus_bleu(hyps, [refs]).score, prog_bar=True)
+        self.log(f"{prefix}/chrf", sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+    def _references(self, split: str) -> list[str] | None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "references"):
+            return None
+        return dm.references(split)
+
+    # -- optimization --------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        o = dict(self.hparams.optim)
+        name = o.pop("name")
+        sched = dict(o.pop("scheduler", None) or {"name": "none"})
+        optimizer = OPTIMIZERS[name](self.parameters(), **o)
+        kind = sched.pop("name")
+        if kind == "none":
+            return optimizer
+        if kind == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=sched.get("factor", 0.5),
+                patience=sched.get("patience", 2), min_lr=sched.get("min_lr", 0.0))
+            return {"optimizer": optimizer, "lr_scheduler": {
+                "scheduler": scheduler, "monitor": "val/bleu", "interval": "epoch",
+                "strict": False}}
+        warmup = int(sched.get("warmup_steps", 0))
+        if kind == "inverse_sqrt":
+            fn = functools.partial(inverse_sqrt_factor, warmup_steps=warmup)
+        else:  # cosine
+            total = sched.get("total_steps") or self.trainer.estimated_stepping_batches
+            min_factor = sched.get("min_lr", 0.0) / o.get("lr", 1.0)
+            fn = functools.partial(cosine_factor, warmup_steps=warmup, total_steps=int(total),
+                                   min_factor=min_factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_proto: bytes) -> Tokenizer:
+    return Tokenizer(model_proto)
+
+
+OPTIM_KEYS = {
+    "adam": {"lr", "betas", "eps", "weight_decay", "amsgrad"},
+    "adamw": {"lr", "betas", "eps", "weight_decay", "amsgrad"},
+    "sgd": {"lr", "momentum", "dampening", "weight_decay", "nesterov"},
+}
+SCHEDULER_KEYS = {"name", "factor", "patience", "min_lr", "warmup_steps", "total_steps"}
+
+
+def check_optim(optim: dict[str, Any]) -> None:
+    """Refuse an unknown optimizer, scheduler or option before anything is built."""
+    name = optim.get("name")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    unknown = set(optim) - OPTIM_KEYS[name] - {"name", "scheduler"}
+    if unknown:
+        raise ConfigError(f"optim: unknown key(s) {sorted(unknown)} for {name}; "
+                          f"valid keys: {', '.join(sorted(OPTIM_KEYS[name]))}")
+    if not optim.get("lr", 1.0) > 0:
+        raise ConfigError(f"optim.lr must be positive, got {optim.get('lr')}")
+    sched = optim.get("scheduler") or {"name": "none"}
+    if sched.get("name") not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {sched.get('name')!r}; "
+                          f"valid choices: {', '.join(SCHEDULERS)}")
+    unknown = set(sched) - SCHEDULER_KEYS
+    if unknown:
+        raise ConfigError(f"optim.scheduler: unknown key(s) {sorted(unknown)}; "
+                          f"valid keys: {', '.join(sorted(SCHEDULER_KEYS))}")
+

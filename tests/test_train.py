@@ -1,0 +1,189 @@
+"""Training: config groups, a fast_dev_run, resume, DDP on CPU (gloo), bf16 on CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from conftest import files_config
+from omegaconf import OmegaConf
+from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides
+
+from nmt.errors import ConfigError
+from nmt.module import TranslationModule, label_smoothed_nll
+from nmt.train import build, check_trainer, plain, train
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def toy_cfg(toy_dir, tmp_path) -> dict:
+    return files_config(toy_dir, tmp_path / "cache")
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", choices("model"))
+@pytest.mark.parametrize("optim", choices("optim"))
+def test_model_and_optim_configs_build(model, optim):
+    cfg = compose_train([f"model={model}", f"optim={optim}", "optim.scheduler.total_steps=100"]
+                        if optim == "adam_cosine" else [f"model={model}", f"optim={optim}"])
+    module = TranslationModule(20, 20, plain(cfg.model), plain(cfg.optim),
+                               cfg.loss.label_smoothing, plain(cfg.validation))
+    assert module.model.__class__.__name__ == "Seq2Seq"
+    assert cfg.model.cell == {"lstm": "lstm", "gru": "gru", "rnn": "rnn"}[model]
+    opt = module.configure_optimizers()
+    optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
+    assert type(optimizer).__name__.lower() == cfg.optim.name
+
+
+@pytest.mark.parametrize("trainer", choices("trainer"))
+def test_trainer_configs_instantiate(trainer, tmp_path):
+    cfg = plain(compose_train([f"trainer={trainer}"]).trainer)
+    check_trainer(cfg)
+    if cfg["accelerator"] == "gpu":  # no GPU here: same arguments on the CPU
+        cfg.update(accelerator="cpu", precision="bf16-mixed",
+                   devices=2 if cfg.get("strategy") == "ddp" else 1)
+    t = L.Trainer(**cfg, default_root_dir=tmp_path, logger=False)
+    assert t.precision == cfg["precision"]
+    assert t.max_epochs == (1 if cfg.get("fast_dev_run") else cfg["max_epochs"])
+
+
+def test_experiment_configs_compose():
+    for name in choices("experiment"):
+        cfg = compose_train([f"experiment={name}"])
+        TranslationModule(20, 20, plain(cfg.model), plain(cfg.optim))
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("model.cell=transformer", r"model: unknown cell 'transformer'.*lstm"),
+    ("model.attention=magic", r"model: unknown attention 'magic'.*bahdanau"),
+    ("model.emb_size=-4", "model: .*emb_size"),
+    ("optim.name=adagrad", "unknown optimizer 'adagrad'; valid choices: adam, adamw, sgd"),
+    ("optim.scheduler.name=step", "unknown scheduler 'step'; valid choices: none, plateau"),
+    ("+trainer.max_epoch=3", r"trainer: unknown key\(s\) \['max_epoch'\]"),
+    ("loss.label_smoothing=1.5", r"label_smoothing must be in \[0, 1\)"),
+    ("model.tie_src_tgt=true tokenizer=spm_separate", "tie_src_tgt=true needs a joint"),
+])
+def test_bad_config_fails_before_data(override, match, tmp_path):
+    # data.root points nowhere: the error must come before any data is touched.
+    cfg = compose_train([*override.split(), f"data.root={tmp_path / 'untouched'}",
+                         "data.local_dir=/nonexistent", f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=match):
+        build(cfg, tmp_path / "run")
+    assert not (tmp_path / "untouched").exists()
+
+
+def test_missing_data_files_fail_at_start(toy_cfg, tmp_path):
+    cfg = compose_train([*toy_overrides(toy_cfg, tmp_path / "run"),
+                         "data.files.train.src=/no/such/train.en"])
+    with pytest.raises(Exception, match=r"/no/such/train\.en: file not found"):
+        build(cfg, tmp_path / "run")
+
+
+# --- loss ------------------------------------------------------------------------------------
+
+
+def test_label_smoothed_loss_matches_torch():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    target = torch.randint(4, 11, (3, 5))
+    target[0, 3:] = 0
+    loss, nll, n = label_smoothed_nll(logits, target, 0.1)
+    ref = torch.nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(loss, ref(logits.view(-1, 11), target.view(-1)))
+    torch.testing.assert_close(nll, torch.nn.CrossEntropyLoss(ignore_index=0, reduction="sum")(
+        logits.view(-1, 11), target.view(-1)))
+    assert n == 13
+
+
+# --- training runs ---------------------------------------------------------------------------
+
+
+def test_fast_dev_run(toy_cfg, tmp_path):
+    cfg = compose_train([*toy_overrides(toy_cfg, tmp_path / "run"), "trainer=debug"])
+    recorder, trainer = fit_recorded(cfg)
+    assert trainer.global_step == 1 and len(recorder.steps) == 1
+
+
+def test_train_writes_run_dir_and_checkpoint_with_tokenizers(toy_cfg, tmp_path):
+    run = tmp_path / "run"
+    cfg = compose_train([*toy_overrides(toy_cfg, run), "trainer.max_epochs=2"])
+    metrics = train(cfg)
+    assert {"val/bleu", "val/chrf", "val/loss", "val/ppl", "test/bleu"} <= set(metrics)
+    assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "tensorboard").glob("events.*"))
+    logged = (run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "train/ppl", "train/acc", "train/tokens_per_s", "val/bleu"} <= set(
+        logged)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["tokenizers"]["src"] and ckpt["tokenizers"]["tgt"]
+    assert ckpt["hyper_parameters"]["model"]["cell"] == "lstm"
+
+
+def test_resume_continues_steps_and_data_order(toy_cfg, tmp_path):
+    base = toy_overrides(toy_cfg, tmp_path / "full")
+    full, _ = fit_recorded(compose_train([*base, "trainer.max_steps=40"]))
+    assert len(full.steps) == 40
+    epochs = [[tuple(i) for e, _, i in full.steps if e == epoch] for epoch in (0, 1)]
+    assert sorted(i for b in epochs[0] for i in b) == list(range(600))  # each example once
+    assert epochs[1] and epochs[0][: len(epochs[1])] != epochs[1]  # a new order next epoch
+
+    part_dir = tmp_path / "part"
+    part_args = [*toy_overrides(toy_cfg, part_dir), "callbacks.every_n_train_steps=5",
+                 "trainer.max_steps=40"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_recorded(compose_train(part_args), crash_at=12)  # last.ckpt is from step 10
+    second, trainer = fit_recorded(compose_train([*part_args, "ckpt_path=last"]))
+    assert second.steps[0][1] == 10  # the step count continues
+    assert trainer.global_step == 40
+    assert second.steps == full.steps[10:]  # the same batches in the same order
+
+
+def test_resume_without_checkpoint_is_a_clear_error(toy_cfg, tmp_path):
+    cfg = compose_train([*toy_overrides(toy_cfg, tmp_path / "empty"), "ckpt_path=last"])
+    with pytest.raises(ConfigError, match=r"ckpt_path=last: no .*last\.ckpt to resume from"):
+        train(cfg)
+
+
+def test_bf16_mixed_on_cpu(toy_cfg, tmp_path):
+    cfg = compose_train([*toy_overrides(toy_cfg, tmp_path / "run"), "trainer=debug",
+                         "trainer.precision=bf16-mixed"])
+    _, trainer = fit_recorded(cfg)
+    assert trainer.precision == "bf16-mixed" and trainer.global_step == 1
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_see_disjoint_data(toy_cfg, tmp_path):
+    out = tmp_path / "ranks"
+    out.mkdir()
+    args = [*toy_overrides(toy_cfg, tmp_path / "run"), "trainer.accelerator=cpu",
+            "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=6"]
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "train_helpers.py"), str(out),
+                             *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["world_size"] == 2 and r["global_step"] == 6 for r in ranks)
+    assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 6
+    seen = [{i for _, _, idx in r["steps"] for i in idx} for r in ranks]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_train_command_line(toy_cfg, tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *toy_overrides(toy_cfg, run),
+         "trainer.max_epochs=1", "test_after_training=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "val/bleu" in metrics
+    assert OmegaConf.load(run / "config.yaml").model.cell == "lstm"

@@ -1,0 +1,83 @@
+"""Compose small training configs for the toy corpus; run them with a data-order recorder.
+
+Also a script: ``python tests/train_helpers.py OUT_DIR override...`` trains and writes,
+per rank, the example indices of every step to OUT_DIR/rank<R>.json (the DDP test
+runs it, since Lightning relaunches the script for every rank).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_overrides(cfg: dict, run_dir: Path) -> list[str]:
+    """Overrides that train a tiny model on the toy corpus described by ``cfg``."""
+    out = [
+        "data=files", f"data.root={cfg['root']}", "data.name=toy",
+        "data.src_lang=en", "data.tgt_lang=de",
+        "tokenizer.vocab_size=64", "tokenizer.input_sentence_size=0",
+        "model.emb_size=16", "model.encoder_hidden=16", "model.decoder_hidden=24",
+        "model.dropout=0.0", "batching.max_tokens=1500", "batching.eval_max_tokens=3000",
+        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", f"run_dir={run_dir}",
+        "callbacks.early_stopping_patience=null",
+    ]
+    for split, sides in cfg["files"].items():
+        out += [f"data.files.{split}.{side}={path}" for side, path in sides.items()]
+    return out
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+class IndexRecorder(L.Callback):
+    """Records (epoch, global_step, example indices) of every training batch."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, list[int]]] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.steps.append((trainer.current_epoch, trainer.global_step, batch.indices.tolist()))
+
+
+class Crash(L.Callback):
+    """Fails like a killed process before training step ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def fit_recorded(cfg, crash_at: int | None = None) -> tuple[IndexRecorder, L.Trainer]:
+    from nmt.train import build, resolve_ckpt_path, run_dir_of
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = run_dir_of(cfg)
+    dm, module, trainer = build(cfg, run_dir)
+    recorder = IndexRecorder()
+    trainer.callbacks.append(recorder)
+    if crash_at is not None:
+        trainer.callbacks.append(Crash(crash_at))
+    trainer.fit(module, datamodule=dm,
+                ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg.name, cfg.run_dir))
+    return recorder, trainer
+
+
+if __name__ == "__main__":
+    out_dir = Path(sys.argv[1])
+    recorder, trainer = fit_recorded(compose_train(sys.argv[2:]))
+    out = {"steps": recorder.steps, "global_step": trainer.global_step,
+           "world_size": trainer.world_size}
+    (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
