@@ -91,7 +91,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[NMTDataModule, TranslationMod
     # Build the module once with a dummy vocabulary: every model/optim error shows up
     # now, before any data is touched.
     TranslationModule(8, 8, model_cfg, optim_cfg, cfg.loss.label_smoothing,
-                      plain(cfg.validation))
+                      plain(cfg.validation), plain(cfg.test_decoding))
 
     dm = NMTDataModule(plain(cfg.data), plain(cfg.tokenizer),
                        max_tokens=cfg.batching.max_tokens,
@@ -102,7 +102,8 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[NMTDataModule, TranslationMod
     assert prepared is not None
     module = TranslationModule(prepared.src_tokenizer.vocab_size,
                                prepared.tgt_tokenizer.vocab_size, model_cfg, optim_cfg,
-                               cfg.loss.label_smoothing, plain(cfg.validation))
+                               cfg.loss.label_smoothing, plain(cfg.validation),
+                               plain(cfg.test_decoding))
     module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
 
     cb = cfg.callbacks
@@ -146,7 +147,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for result in trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False):
             metrics.update({k: float(v) for k, v in result.items()})
     if trainer.is_global_zero:
-        summary = {"run_dir": str(run_dir), "best_checkpoint": best, **metrics}
+        summary = {"run_dir": str(run_dir), "best_checkpoint": best, **metrics,
+                   **{k: v for k, v in module.scores.items() if k.endswith("signature")},
+                   "test_decoding": plain(cfg.test_decoding)}
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
         log.info("finished: %s", json.dumps(summary))
     return metrics

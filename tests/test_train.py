@@ -187,3 +187,18 @@ def test_train_command_line(toy_cfg, tmp_path):
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert "val/bleu" in metrics
     assert OmegaConf.load(run / "config.yaml").model.cell == "lstm"
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_label_smoothed_gradient_matches_torch(smoothing):
+    torch.manual_seed(1)
+    logits = torch.randn(4, 6, 13, requires_grad=True)
+    target = torch.randint(4, 13, (4, 6))
+    target[1, 2:] = 0
+    loss, _, _ = label_smoothed_nll(logits, target, smoothing)
+    (grad,) = torch.autograd.grad(loss * 0.7, logits)
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    ref = torch.nn.CrossEntropyLoss(ignore_index=0, label_smoothing=smoothing, reduction="sum")
+    (ref(ref_logits.view(-1, 13), target.view(-1)) * 0.7).backward()
+    torch.testing.assert_close(grad, ref_logits.grad)
+    assert torch.all(grad[1, 2:] == 0)  # padding gets no gradient

@@ -39,6 +39,7 @@ class RNNDecoder(nn.Module):
         self.input_feeding = input_feeding
         input_size = emb_size + (hidden_size if input_feeding else 0)
         self.rnn = build_rnn(cell, input_size, hidden_size, num_layers, dropout)
+        self._cell = {"gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}.get(cell)
         self.attention = build_attention(attention, hidden_size, memory_size,
                                          attention_size or hidden_size)
         # Luong's attentional layer, without bias.
@@ -63,9 +64,41 @@ class RNNDecoder(nn.Module):
              ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
         """One step: emb (B, E) of the previous token -> output (B, H), new state, attn (B, S)."""
         x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
-        out, hidden = run_rnn(self.rnn, x.unsqueeze(1), state.hidden)  # (B, 1, H)
-        o, weights = self._attend(out.squeeze(1), keys, memory, mask)
+        h, hidden = self._recur(x, state.hidden)  # (B, H)
+        o, weights = self._attend(h, keys, memory, mask)
         return o, DecoderState(hidden, o if self.input_feeding else None), weights
+
+    def _recur(self, x: torch.Tensor, hidden: State) -> tuple[torch.Tensor, State]:
+        """One time step of the stacked RNN with its own weights, layer by layer.
+
+        The cell kernels (torch.lstm_cell, ...) are much cheaper for a single step
+        than calling the multi-layer nn.LSTM on a length-1 sequence (oneDNN's set-up
+        cost per call dominates), and they use the very same parameters.
+        """
+        rnn = self.rnn
+        if torch.is_autocast_enabled("cpu"):  # as run_rnn: recurrences in float32 on CPU
+            with torch.autocast("cpu", enabled=False):
+                x = x.float()
+                hidden = (tuple(t.float() for t in hidden) if isinstance(hidden, tuple)
+                          else hidden.float())
+                return self._recur(x, hidden)
+        lstm = isinstance(hidden, tuple)
+        hs, cs = [], []
+        inp = x
+        for layer in range(self.num_layers):
+            weights = (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
+                       getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
+            if lstm:
+                h, c = torch.lstm_cell(inp, (hidden[0][layer], hidden[1][layer]), *weights)
+                cs.append(c)
+            else:
+                h = self._cell(inp, hidden[layer], *weights)
+            hs.append(h)
+            inp = h
+            if layer < self.num_layers - 1 and rnn.dropout and self.training:
+                inp = nn.functional.dropout(inp, rnn.dropout, training=True)
+        new = (torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs)
+        return h, new
 
     def forward(self, emb: torch.Tensor, state: DecoderState, keys: torch.Tensor,
                 memory: torch.Tensor, mask: torch.Tensor

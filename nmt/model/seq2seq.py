@@ -64,6 +64,9 @@ class Seq2Seq(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if attention == "none" and bridge == "zeros":
+            raise ValueError("attention=none with bridge=zeros: the decoder would never see the "
+                             "source; use bridge=linear or an attention")
         if tie_src_tgt and src_vocab_size != tgt_vocab_size:
             raise ValueError(f"tie_src_tgt needs one joint vocabulary, but the source has "
                              f"{src_vocab_size} and the target {tgt_vocab_size} entries")

@@ -1,0 +1,91 @@
+"""Training speed benchmark: the default recipe on Multi30k en->de, real data, real trainer.
+
+    python bench/train.py [--steps 60] [--warmup 10] [hydra overrides, e.g. model=gru
+                           trainer.precision=bf16-mixed model.input_feeding=false]
+
+Trains with Lightning (validation off) for warm-up + measured steps and times
+the measured ones. tokens_per_s counts real source and target tokens (EOS
+included, padding not). The last line printed is one JSON object (keys are
+compared from run to run: keep them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from nmt.data.tokenizer import PAD_ID  # noqa: E402
+from nmt.train import build  # noqa: E402
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start: float | None = None
+        self.steps = self.real = self.padded = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.start is None:
+            return
+        self.steps += 1
+        self.real += int(batch.src_lengths.sum()) + int((batch.tgt_out != PAD_ID).sum())
+        self.padded += batch.src.numel() + batch.tgt_out.numel()
+        self.elapsed = time.perf_counter() - self.start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    args, overrides = parser.parse_known_args()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            *overrides, f"trainer.max_steps={args.warmup + args.steps}",
+            "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", "callbacks.early_stopping_patience=null"])
+    L.seed_everything(cfg.seed, verbose=False)
+    with tempfile.TemporaryDirectory(prefix="nmt-bench-train-") as run_dir:
+        cfg.run_dir = run_dir
+        dm, module, trainer = build(cfg, Path(run_dir))
+        timer = StepTimer(args.warmup)
+        trainer.callbacks.append(timer)
+        trainer.fit(module, datamodule=dm)
+    m = cfg.model
+    result = {
+        "tokens_per_s": round(timer.real / timer.elapsed),
+        "padded_fraction": round(1 - timer.real / timer.padded, 4),
+        "ms_per_step": round(1000 * timer.elapsed / timer.steps, 1),
+        "steps": timer.steps,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "precision": str(cfg.trainer.precision),
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "model": {"cell": m.cell, "attention": m.attention, "emb": m.emb_size,
+                  "encoder": f"{'bi-' if m.bidirectional else ''}{m.encoder_hidden}x"
+                             f"{m.encoder_layers}",
+                  "decoder": f"{m.decoder_hidden}x{m.decoder_layers}",
+                  "input_feeding": m.input_feeding, "vocab": module.hparams.tgt_vocab_size},
+        "max_tokens": cfg.batching.max_tokens,
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
