@@ -13,7 +13,11 @@ export NMT_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: install demo test test-fast lint bench-data
+# The demo's training budget (any train.py overrides): one epoch is about 6 minutes here.
+DEMO_ARGS ?= trainer.max_epochs=1
+DEMO_DIR ?= runs/demo
+
+.PHONY: install demo test test-fast lint bench-data bench-train
 
 install: $(VENV)/.installed
 
@@ -24,6 +28,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: install
 	$(PY) -m nmt.cli prepare
+	rm -rf $(DEMO_DIR)
+	$(PY) train.py run_dir=$(DEMO_DIR) $(DEMO_ARGS)
+	@echo "dev BLEU (greedy): $$($(PY) -c "import json; print(round(json.load(open('$(DEMO_DIR)/metrics.json'))['val/bleu'], 2))")"
 
 lint: install
 	$(PY) -m ruff check .
@@ -36,3 +43,6 @@ test-fast: install
 
 bench-data: install
 	$(PY) bench/data.py
+
+bench-train: install
+	$(PY) bench/train.py

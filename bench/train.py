@@ -50,6 +50,54 @@ class StepTimer(L.Callback):
         self.elapsed = time.perf_counter() - self.start
 
 
+def training_flops(module, batch) -> float:
+    """Floating-point operations of one training step (forward + backward) on ``batch``.
+
+    Matmuls are counted by torch's FlopCounterMode; the fused nn.LSTM/GRU/RNN
+    kernels it cannot see are counted by hand (2 * gates * hidden * (input +
+    hidden) per token, direction and layer, times 3 for forward and backward).
+    """
+    from torch.nn.utils.rnn import PackedSequence
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}
+    rnn_flops = 0.0
+
+    def hook(mod, args, output):
+        nonlocal rnn_flops
+        x = args[0]
+        tokens = x.data.size(0) if isinstance(x, PackedSequence) else x.size(0) * x.size(1)
+        dirs = 2 if mod.bidirectional else 1
+        for layer in range(mod.num_layers):
+            inp = mod.input_size if layer == 0 else mod.hidden_size * dirs
+            per_token = 2 * gates[type(mod).__name__] * mod.hidden_size * (inp + mod.hidden_size)
+            rnn_flops += 3 * per_token * tokens * dirs
+
+    rnns = [m for m in module.modules() if isinstance(m, torch.nn.RNNBase)]
+    handles = [m.register_forward_hook(hook) for m in rnns]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            from nmt.module import label_smoothed_nll
+
+            loss, _, n = label_smoothed_nll(module(batch), batch.tgt_out, 0.1)
+            (loss / n).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        module.zero_grad(set_to_none=True)
+    return counter.get_total_flops() + rnn_flops
+
+
+def sgemm_gflop_per_s(n: int = 2048, k: int = 512, repeats: int = 10) -> float:
+    """This machine's float32 matmul speed on a training-sized product, for comparison."""
+    a, b = torch.randn(n, k), torch.randn(k, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -67,6 +115,11 @@ def main() -> None:
         timer = StepTimer(args.warmup)
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=dm)
+        # FLOPs per real token, averaged over a few batches of the same epoch order.
+        flops = real = 0
+        for _, batch in zip(range(5), dm.train_dataloader(), strict=False):
+            flops += training_flops(module, batch)
+            real += int(batch.src_lengths.sum()) + int((batch.tgt_out != PAD_ID).sum())
     m = cfg.model
     result = {
         "tokens_per_s": round(timer.real / timer.elapsed),
@@ -81,6 +134,9 @@ def main() -> None:
                              f"{m.encoder_layers}",
                   "decoder": f"{m.decoder_hidden}x{m.decoder_layers}",
                   "input_feeding": m.input_feeding, "vocab": module.hparams.tgt_vocab_size},
+        "mflop_per_token": round(flops / real / 1e6, 2),
+        "achieved_gflop_per_s": round(flops / real * timer.real / timer.elapsed / 1e9, 1),
+        "sgemm_gflop_per_s": round(sgemm_gflop_per_s(), 1),
         "max_tokens": cfg.batching.max_tokens,
         "threads": torch.get_num_threads(),
     }

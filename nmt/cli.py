@@ -69,12 +69,45 @@ def train_main() -> None:
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(train)()
 
 
+def _log_to_stderr() -> None:
+    # translate.py may write translations to stdout: everything else goes to stderr.
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="[%(asctime)s %(levelname)s] %(message)s", force=True)
+
+
+@report_errors
+def translate(cfg: DictConfig) -> dict[str, int]:
+    """Translate files or stdin with a checkpoint (conf/translate.yaml)."""
+    _log_to_stderr()
+    from nmt.translate import run
+
+    return run(cfg)
+
+
+@report_errors
+def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Translate test sets and score them with sacrebleu (conf/evaluate.yaml)."""
+    _log_to_stderr()
+    from nmt.evaluate import run
+
+    return run(cfg)
+
+
+def translate_main() -> None:
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="translate")(translate)()
+
+
+def evaluate_main() -> None:
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")(evaluate)()
+
+
 def prepare_main() -> None:
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")(prepare)()
 
 
 if __name__ == "__main__":
-    commands = {"prepare": prepare_main, "train": train_main}
+    commands = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
+                "evaluate": evaluate_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
     name = sys.argv.pop(1)

@@ -15,13 +15,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from sacrebleu.metrics import BLEU, CHRF
 
 from nmt.data.dataset import Batch
 from nmt.data.tokenizer import PAD_ID, Tokenizer
 from nmt.errors import ConfigError
+from nmt.metrics import corpus_scores
 from nmt.model.seq2seq import Seq2Seq
-from nmt.search import beam_search, greedy_search
+from nmt.translator import Decoding, decode
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = ("none", "plateau", "inverse_sqrt", "cosine")
@@ -96,7 +96,8 @@ class TranslationModule(L.LightningModule):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, model: dict[str, Any],
                  optim: dict[str, Any], label_smoothing: float = 0.1,
                  validation: dict[str, Any] | None = None,
-                 test_decoding: dict[str, Any] | None = None) -> None:
+                 test_decoding: dict[str, Any] | None = None,
+                 max_src_len: int | None = None) -> None:
         super().__init__()
         if not 0 <= label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -202,16 +203,10 @@ class TranslationModule(L.LightningModule):
         hyps = self.decode(batch.src, batch.src_lengths, **settings)
         self._val_outputs.append((batch.indices.tolist(), hyps))
 
-    def decode(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int = 1,
-               alpha: float = 0.6, max_len_a: float = 1.5, max_len_b: int = 10
+    def decode(self, src: torch.Tensor, src_lengths: torch.Tensor, **settings: Any
                ) -> list[list[int]]:
         """Best hypothesis' token ids for each sentence (greedy when beam_size is 1)."""
-        if beam_size == 1:
-            results = greedy_search(self.model, src, src_lengths, max_len_a=max_len_a,
-                                    max_len_b=max_len_b)
-        else:
-            results = beam_search(self.model, src, src_lengths, beam_size=beam_size,
-                                  alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b)
+        results = decode(self.model, src, src_lengths, Decoding(**settings))
         return [list(r[0].tokens) for r in results]
 
     def _eval_end(self, prefix: str, split: str) -> None:
@@ -238,19 +233,12 @@ class TranslationModule(L.LightningModule):
         if len(by_index) != len(refs):
             return  # a partial run (limit_val_batches, fast_dev_run): no corpus score
         hyps = self.tgt_tokenizer.decode([by_index[i] for i in range(len(refs))])
-        bleu, chrf = BLEU(), CHRF()
-        bleu_lc = BLEU(lowercase=True, tokenize="13a")
-        scores = {"bleu": bleu.corpus_score(hyps, [refs]).score,
-                  "chrf": chrf.corpus_score(hyps, [refs]).score,
-                  "bleu_lc": bleu_lc.corpus_score(hyps, [refs]).score}
-        for name, value in scores.items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name == "bleu")
+        scores = corpus_scores(hyps, refs, ("bleu", "chrf", "bleu_lc"))
+        for name in ("bleu", "chrf", "bleu_lc"):
+            self.log(f"{prefix}/{name}", scores[name], prog_bar=name == "bleu")
         if self._fit_start is not None and prefix == "val":
             self.log("val/train_minutes", (time.perf_counter() - self._fit_start) / 60)
         self.scores = {f"{prefix}/{k}": v for k, v in scores.items()}
-        self.scores.update({f"{prefix}/bleu_signature": str(bleu.get_signature()),
-                            f"{prefix}/chrf_signature": str(chrf.get_signature()),
-                            f"{prefix}/bleu_lc_signature": str(bleu_lc.get_signature())})
 
     def _references(self, split: str) -> list[str] | None:
         dm = getattr(self.trainer, "datamodule", None)

@@ -103,7 +103,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[NMTDataModule, TranslationMod
     module = TranslationModule(prepared.src_tokenizer.vocab_size,
                                prepared.tgt_tokenizer.vocab_size, model_cfg, optim_cfg,
                                cfg.loss.label_smoothing, plain(cfg.validation),
-                               plain(cfg.test_decoding))
+                               plain(cfg.test_decoding), cfg.data.clean.get("max_len"))
     module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
 
     cb = cfg.callbacks

@@ -52,24 +52,29 @@ def read_lines(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[s
     a corrupt gzip stream, or an empty file.
     """
     path = Path(path)
-    n = 0
     with _open_binary(path) as f:
-        try:
-            for n, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(
-                        f"{path}, line {n}: invalid UTF-8 (byte {e.start + 1} of the line: "
-                        f"{raw[e.start:e.start + 1]!r}); the file must be UTF-8 text"
-                    ) from None
-                if n == 1 and line.startswith("\ufeff"):
-                    line = line[1:]
-                yield line.rstrip("\r\n")
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise DataError(f"{path}, after line {n}: cannot read the file ({e})") from None
+        yield from read_stream(f, str(path), allow_empty)
+
+
+def read_stream(f: IO[bytes], name: str, allow_empty: bool = False) -> Iterator[str]:
+    """``read_lines`` for an open binary stream (e.g. stdin); ``name`` is used in errors."""
+    n = 0
+    try:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{name}, line {n}: invalid UTF-8 (byte {e.start + 1} of the line: "
+                    f"{raw[e.start:e.start + 1]!r}); the file must be UTF-8 text"
+                ) from None
+            if n == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            yield line.rstrip("\r\n")
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{name}, after line {n}: cannot read the file ({e})") from None
     if n == 0 and not allow_empty:
-        raise DataError(f"{path}: the file is empty")
+        raise DataError(f"{name}: the file is empty")
 
 
 def count_lines(path: str | os.PathLike) -> int:

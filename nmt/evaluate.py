@@ -1,0 +1,103 @@
+"""evaluate.py: translate test sets with checkpoints and score them with sacrebleu.
+
+For every (checkpoint, test set) pair: the hypotheses file, and an entry in
+``report.json`` with BLEU, chrF and TER (and lowercased BLEU), their sacrebleu
+signatures, the decoding settings, the checkpoint, wall time and sentences/s.
+Several pairs also print one comparison table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from nmt.data.corpus import ParallelFiles, fetch_split, read_lines
+from nmt.errors import ConfigError, DataError
+from nmt.metrics import corpus_scores
+from nmt.translate import as_list, resolve_device, translate_file
+from nmt.translator import Decoding, Translator
+
+log = logging.getLogger(__name__)
+
+
+def resolve_test_sets(cfg: Any) -> dict[str, ParallelFiles]:
+    """Name -> (source, reference) files from src/ref or from data + split."""
+    if cfg.src or cfg.ref:
+        if not (cfg.src and cfg.ref):
+            raise ConfigError("give both src=FILE and ref=FILE (or neither, to use data/split)")
+        for path in (cfg.src, cfg.ref):
+            if not Path(path).is_file():
+                raise DataError(f"{path}: file not found")
+        return {Path(cfg.src).stem: ParallelFiles(Path(cfg.src), Path(cfg.ref))}
+    sets = {}
+    for split in as_list(cfg.split):
+        data = cfg.data
+        if data.corpus is not None:
+            sets[split] = fetch_split(data.corpus, split, data.src_lang, data.tgt_lang,
+                                      data.root, data.local_dir)
+        else:
+            sides = (data.files or {}).get(split) or {}
+            if not sides.get("src") or not sides.get("tgt"):
+                raise ConfigError(f"data.files.{split} is not set (data=files: split is "
+                                  "train, valid or test)")
+            sets[split] = ParallelFiles(Path(sides["src"]), Path(sides["tgt"]))
+    if not sets:
+        raise ConfigError("no test set: give split=... or src=... ref=...")
+    return sets
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def run(cfg: Any) -> list[dict[str, Any]]:
+    checkpoints = as_list(cfg.checkpoint)
+    if not checkpoints:
+        raise ConfigError("checkpoint is not set")
+    sets = resolve_test_sets(cfg)
+    decoding = Decoding(**cfg.decoding)
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = []
+    for ckpt in checkpoints:
+        translator = Translator.from_checkpoint(ckpt, device, cfg.max_src_len)
+        for name, files in sets.items():
+            refs = list(read_lines(files.tgt, allow_empty=True))
+            hyp_path = out_dir / f"{safe_name(Path(ckpt).stem)}.{safe_name(name)}.hyp"
+            start = time.perf_counter()
+            n = translate_file(translator, str(files.src), str(hyp_path), decoding,
+                               cfg.batch_tokens, cfg.chunk_size, cfg.progress)
+            wall = time.perf_counter() - start
+            if n != len(refs):
+                raise DataError(f"{files.src} has {n} lines but {files.tgt} has {len(refs)}")
+            hyps = list(read_lines(hyp_path, allow_empty=True)) if n else []
+            entry = {"checkpoint": str(ckpt), "test_set": name, "source": str(files.src),
+                     "reference": str(files.tgt), "hypotheses": str(hyp_path),
+                     "sentences": n, **corpus_scores(hyps, refs),
+                     "decoding": dataclasses.asdict(decoding),
+                     "wall_s": round(wall, 3), "sentences_per_s": round(n / wall, 2)}
+            report.append(entry)
+            print(json.dumps({k: entry[k] for k in ("checkpoint", "test_set", "bleu", "chrf",
+                                                    "ter")}))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    print(comparison_table(report))
+    for key in ("bleu_signature", "chrf_signature", "ter_signature"):
+        print(f"{key.split('_')[0].upper()}: {report[0][key]}")
+    return report
+
+
+def comparison_table(report: list[dict[str, Any]]) -> str:
+    rows = [("checkpoint", "test set", "BLEU", "chrF", "TER", "BLEU lc", "sent/s")]
+    rows += [(Path(e["checkpoint"]).name, e["test_set"], f"{e['bleu']:.2f}", f"{e['chrf']:.2f}",
+              f"{e['ter']:.2f}", f"{e['bleu_lc']:.2f}", f"{e['sentences_per_s']:.1f}")
+             for e in report]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)

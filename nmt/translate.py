@@ -1,0 +1,132 @@
+"""translate.py: translate whole files (or stdin) with a checkpoint, one line per line.
+
+Output goes to a temporary file beside the target, renamed when complete, so an
+interrupted run never leaves a half-written file. With ``decoding.n_best`` > 1
+the output is in Moses n-best format, ``n_best`` lines per input line:
+``<0-based line> ||| <translation> ||| <score>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from tqdm import tqdm
+
+from nmt.data.corpus import read_lines, read_stream
+from nmt.errors import ConfigError, DataError
+from nmt.translator import Decoding, Translation, Translator
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device}, but no CUDA device is available here; "
+                          "use device=cpu")
+    return device
+
+
+def as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str | os.PathLike):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def input_lines(path: str) -> Iterator[str]:
+    """Lines of a file, or of stdin for "-"; empty inputs are fine (empty output)."""
+    if path == "-":
+        return read_stream(sys.stdin.buffer, "<stdin>", allow_empty=True)
+    if not Path(path).is_file():
+        raise DataError(f"{path}: input file not found")
+    return read_lines(path, allow_empty=True)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[IO[str]]:
+    """Write to ``path`` through a temporary file renamed at the end; "-" is stdout."""
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"output={path} is a directory; give a file name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def format_translation(index: int, tr: Translation, n_best: int) -> str:
+    clean = [t.replace("\n", " ") for t in tr.texts]
+    if n_best == 1:
+        return (clean[0] if clean else "") + "\n"
+    scores = [h.score for h in tr.hypotheses] or [0.0] * len(clean)
+    return "".join(f"{index} ||| {t} ||| {s:.4f}\n" for t, s in zip(clean, scores, strict=True))
+
+
+def translate_file(translator: Translator, inp: str, out: str, decoding: Decoding,
+                   batch_tokens: int, chunk_size: int, progress: bool = True,
+                   plots_dir: str | None = None, plots_n: int = 0) -> int:
+    """Translate one input into one output; return the number of lines."""
+    n = 0
+    lines = input_lines(inp)
+    bar = tqdm(desc=f"translating {inp}", unit=" sent", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    with atomic_output(out) as f:
+        for n, tr in enumerate(translator.translate_stream(
+                lines, decoding, batch_tokens, chunk_size,
+                attention_first=plots_n if plots_dir else 0), start=1):
+            f.write(format_translation(n - 1, tr, decoding.n_best))
+            if plots_dir and n <= plots_n and tr.hypotheses:
+                from nmt.plots import plot_attention
+
+                plot_attention(tr, translator.tgt_tokenizer,
+                               Path(plots_dir) / f"{Path(inp).name}.{n:04d}.png")
+            bar.update(1)
+    bar.close()
+    return n
+
+
+def run(cfg: Any) -> dict[str, int]:
+    """Translate every input of the config; return lines translated per input."""
+    inputs, outputs = as_list(cfg.input), as_list(cfg.output)
+    if not inputs:
+        raise ConfigError("input is not set: give a file, a list of files, or - for stdin")
+    if len(outputs) != len(inputs):
+        raise ConfigError(f"{len(inputs)} input(s) but {len(outputs)} output(s): give one "
+                          "output per input (output=[a.out,b.out])")
+    if inputs.count("-") > 1 or outputs.count("-") > 1:
+        raise ConfigError("stdin and stdout can be used once each")
+    for inp in inputs:
+        if inp != "-" and not Path(inp).is_file():
+            raise DataError(f"{inp}: input file not found")
+    decoding = Decoding(**cfg.decoding)
+    translator = Translator.from_checkpoint(cfg.checkpoint, resolve_device(cfg.device),
+                                            cfg.max_src_len)
+    counts = {}
+    for inp, out in zip(inputs, outputs, strict=True):
+        counts[inp] = translate_file(translator, inp, out, decoding, cfg.batch_tokens,
+                                     cfg.chunk_size, cfg.progress, cfg.attention_plots,
+                                     cfg.attention_plots_n)
+        log.info("%s -> %s: %d lines", inp, out, counts[inp])
+    if translator.truncated:
+        log.warning("%d input(s) were longer than %d tokens and truncated",
+                    translator.truncated, translator.max_src_len)
+    return counts

@@ -1,0 +1,206 @@
+"""Text in, text out: a trained checkpoint with its own SentencePiece models.
+
+    translator = Translator.from_checkpoint("model.ckpt", device="cpu")
+    translator.translate(["A dog runs.", ""], beam_size=5)   # -> ["Ein Hund rennt.", ""]
+
+Sentences are encoded, sorted by length into token-budget batches, decoded with
+greedy, beam or sampling search (nmt/search.py), and returned in input order:
+one output per input, an empty or whitespace-only input giving an empty output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nmt.data.dataset import collate
+from nmt.data.sampler import TokenBatchSampler
+from nmt.data.tokenizer import PAD_ID, Tokenizer
+from nmt.errors import NMTError, TokenizerError
+from nmt.model import Seq2Seq
+from nmt.search import Hypothesis, beam_search, greedy_search, sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SRC_LEN = 250
+
+
+class CheckpointError(NMTError):
+    """A checkpoint is missing, unreadable or not one of ours."""
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to decode: beam_size 1 is greedy; ``sampling`` draws instead of searching."""
+
+    beam_size: int = 5
+    alpha: float = 0.6
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    min_len: int = 0
+    n_best: int = 1
+    sampling: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int = 1
+
+
+@dataclass
+class Translation:
+    """The hypotheses of one input sentence, best first."""
+
+    source: str
+    source_pieces: list[str]
+    hypotheses: list[Hypothesis]
+    texts: list[str]
+    truncated: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """torch.load with weights_only=True, and a clear error for every way it can fail."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+            ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a checkpoint of this toolkit "
+                              "(no state_dict and hyper_parameters)")
+    tokenizers = ckpt.get("tokenizers") or {}
+    if not tokenizers.get("src") or not tokenizers.get("tgt"):
+        raise CheckpointError(f"{path}: the checkpoint carries no SentencePiece models")
+    return ckpt
+
+
+class Translator:
+    """A model and its tokenizers, ready to translate text."""
+
+    def __init__(self, model: Seq2Seq, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
+                 device: str | torch.device = "cpu",
+                 max_src_len: int = DEFAULT_MAX_SRC_LEN) -> None:
+        self.model = model.to(device).eval()
+        self.src_tokenizer = src_tokenizer
+        self.tgt_tokenizer = tgt_tokenizer
+        self.device = torch.device(device)
+        self.max_src_len = max_src_len
+        self.truncated = 0  # inputs cut to max_src_len tokens so far
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        max_src_len: int | None = None) -> Translator:
+        ckpt = load_checkpoint(path, "cpu")
+        hp = ckpt["hyper_parameters"]
+        try:
+            model = Seq2Seq(hp["src_vocab_size"], hp["tgt_vocab_size"], pad_id=PAD_ID,
+                            **hp["model"])
+            prefix = "model."
+            state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items()
+                     if k.startswith(prefix)}
+            model.load_state_dict(state)
+            src = Tokenizer(ckpt["tokenizers"]["src"])
+            tgt = Tokenizer(ckpt["tokenizers"]["tgt"])
+        except (KeyError, TypeError, ValueError, RuntimeError, TokenizerError) as e:
+            raise CheckpointError(f"{path}: the checkpoint does not fit this toolkit's "
+                                  f"model ({str(e).splitlines()[0]})") from None
+        return cls(model, src, tgt, device,
+                   max_src_len or hp.get("max_src_len") or DEFAULT_MAX_SRC_LEN)
+
+    # -- translation ---------------------------------------------------------------------
+
+    def translate(self, sentences: list[str], beam_size: int = 5, batch_tokens: int = 4000,
+                  **decoding: Any) -> list[str]:
+        """The best translation of each sentence, in input order."""
+        settings = Decoding(beam_size=beam_size, **decoding)
+        return [t.text for t in self.translate_full(sentences, settings, batch_tokens)]
+
+    def translate_stream(self, lines: Iterable[str], decoding: Decoding,
+                         batch_tokens: int = 4000, chunk_size: int = 2000,
+                         attention_first: int = 0) -> Iterator[Translation]:
+        """Translate an iterable of lines chunk by chunk: memory stays flat for any input.
+
+        Attention weights are kept for chunks that hold one of the first
+        ``attention_first`` lines.
+        """
+        chunk: list[str] = []
+        done = 0
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= chunk_size:
+                yield from self.translate_full(chunk, decoding, batch_tokens,
+                                               done < attention_first)
+                done += len(chunk)
+                chunk = []
+        if chunk:
+            yield from self.translate_full(chunk, decoding, batch_tokens, done < attention_first)
+
+    def translate_full(self, sentences: list[str], decoding: Decoding = Decoding(),
+                       batch_tokens: int = 4000, return_attention: bool = False
+                       ) -> list[Translation]:
+        """Every hypothesis of every sentence, with pieces and attention when asked for."""
+        results: list[Translation | None] = [None] * len(sentences)
+        todo = [i for i, s in enumerate(sentences) if s.strip()]
+        for i, s in enumerate(sentences):
+            if not s.strip():
+                results[i] = Translation(s, [], [], [""] * decoding.n_best)
+        ids = self.src_tokenizer.encode([sentences[i] for i in todo]) if todo else []
+        truncated = set()
+        for j, seq in enumerate(ids):
+            if len(seq) > self.max_src_len - 1:  # room for EOS
+                ids[j] = seq[: self.max_src_len - 1]
+                truncated.add(j)
+        if truncated:
+            self.truncated += len(truncated)
+            log.warning("%d input(s) longer than %d tokens were truncated", len(truncated),
+                        self.max_src_len)
+        lengths = np.fromiter((len(s) + 1 for s in ids), dtype=np.int64, count=len(ids))
+        generator = (torch.Generator(device=self.device).manual_seed(decoding.seed)
+                     if decoding.sampling else None)
+        if len(ids):
+            sampler = TokenBatchSampler(lengths, lengths, batch_tokens, shuffle=False)
+            for batch_idx in sampler:
+                examples = [(j, np.asarray(ids[j], dtype=np.int64), np.zeros(0, np.int64))
+                            for j in batch_idx]
+                batch = collate(examples)
+                hyps = decode(self.model, batch.src.to(self.device),
+                              batch.src_lengths.to(self.device), decoding, return_attention,
+                              generator)
+                texts = [self.tgt_tokenizer.decode([h.tokens for h in hs]) for hs in hyps]
+                for j, hs, ts in zip(batch_idx, hyps, texts, strict=True):
+                    i = todo[j]
+                    pieces = [self.src_tokenizer.sp.id_to_piece(t) for t in ids[j]] + ["</s>"]
+                    results[i] = Translation(sentences[i], pieces, hs, ts, j in truncated)
+        return results  # type: ignore[return-value]
+
+
+
+def decode(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, d: Decoding,
+           return_attention: bool = False, generator: torch.Generator | None = None
+           ) -> list[list[Hypothesis]]:
+    """Run the search ``d`` asks for on one batch: translation and validation share this."""
+    lengths = {"max_len_a": d.max_len_a, "max_len_b": d.max_len_b, "min_len": d.min_len}
+    if d.sampling:
+        return sample(model, src, src_lengths, temperature=d.temperature, top_k=d.top_k,
+                      generator=generator, return_attention=return_attention, **lengths)
+    if d.beam_size == 1 and d.n_best == 1:
+        return greedy_search(model, src, src_lengths, return_attention=return_attention,
+                             **lengths)
+    return beam_search(model, src, src_lengths, beam_size=d.beam_size, alpha=d.alpha,
+                       n_best=d.n_best, return_attention=return_attention, **lengths)

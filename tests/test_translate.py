@@ -1,0 +1,203 @@
+"""Translator, translate.py and evaluate.py on a tiny model trained on the toy corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import files_config, toy_pairs, write_side
+from train_helpers import ROOT, compose_train, toy_overrides
+
+from nmt.translate import format_translation, translate_file
+from nmt.translator import CheckpointError, Decoding, Translator, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(toy_dir, tmp_path_factory) -> Path:
+    """A tiny model trained for a few epochs on the toy corpus (last.ckpt)."""
+    from nmt.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = compose_train([*toy_overrides(files_config(toy_dir, tmp / "cache"), tmp / "run"),
+                         "trainer.max_epochs=4", "test_after_training=false",
+                         "optim.lr=0.01"])
+    train(cfg)
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def translator(checkpoint) -> Translator:
+    return Translator.from_checkpoint(checkpoint)
+
+
+SENTENCES = [s for s, _ in toy_pairs(12, seed=7)]
+
+
+def run_cli(script: str, *args: str, cwd: Path, stdin: str | None = None):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, text=True,
+                          input=stdin, capture_output=True, timeout=300)
+
+
+# --- Translator ------------------------------------------------------------------------------
+
+
+def test_one_output_per_input_and_empty_lines(translator):
+    inputs = [SENTENCES[0], "", "   ", SENTENCES[1], "\t"]
+    out = translator.translate(inputs, beam_size=3)
+    assert len(out) == 5
+    assert out[1] == out[2] == out[4] == ""
+    assert out[0] and out[3]
+
+
+def test_order_and_batching_do_not_change_results(translator):
+    together = translator.translate(SENTENCES, beam_size=4)
+    reverse = translator.translate(SENTENCES[::-1], beam_size=4)[::-1]
+    alone = [translator.translate([s], beam_size=4)[0] for s in SENTENCES]
+    tiny_batches = translator.translate(SENTENCES, beam_size=4, batch_tokens=30)
+    assert together == reverse == alone == tiny_batches
+
+
+def test_truncation_is_counted(checkpoint):
+    tr = Translator.from_checkpoint(checkpoint, max_src_len=4)
+    out = tr.translate([SENTENCES[0], "Ein ."], beam_size=2)
+    assert len(out) == 2 and tr.truncated == 1
+
+
+def test_checkpoint_loads_with_weights_only(checkpoint):
+    ckpt = load_checkpoint(checkpoint)
+    assert ckpt["hyper_parameters"]["max_src_len"] == 100
+    assert isinstance(ckpt["tokenizers"]["src"], bytes)
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (None, "checkpoint not found"),
+    (b"garbage, not a zip", "not a readable checkpoint"),
+])
+def test_bad_checkpoints(tmp_path, content, match):
+    path = tmp_path / "model.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        Translator.from_checkpoint(path)
+
+
+def test_foreign_checkpoint(tmp_path):
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="carries no SentencePiece models"):
+        Translator.from_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_interrupted_translation_leaves_no_file(translator, tmp_path, monkeypatch):
+    inp = write_side(tmp_path / "in.txt", SENTENCES * 3)
+    out = tmp_path / "out.txt"
+
+    def explode(*args, **kwargs):
+        yield from ()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(translator, "translate_stream", explode)
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(translator, str(inp), str(out), Decoding(), 4000, 4, progress=False)
+    assert list(tmp_path.iterdir()) == [inp]  # neither the output nor a temporary file
+
+
+def test_nbest_format(translator):
+    [tr] = translator.translate_full([SENTENCES[0]], Decoding(beam_size=4, n_best=3))
+    lines = format_translation(7, tr, 3).splitlines()
+    assert len(lines) == 3 and all(line.startswith("7 ||| ") for line in lines)
+    scores = [float(line.rsplit(" ||| ", 1)[1]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+
+
+# --- translate.py ----------------------------------------------------------------------------
+
+
+def test_translate_command_files(checkpoint, tmp_path):
+    first = write_side(tmp_path / "a.en", [SENTENCES[0], "", SENTENCES[1], "  ", SENTENCES[2]])
+    second = write_side(tmp_path / "b.en", SENTENCES[3:6])
+    result = run_cli("translate.py", f"checkpoint={checkpoint}", f"input=[{first},{second}]",
+                     f"output=[{tmp_path / 'a.de'},{tmp_path / 'b.de'}]", "progress=false",
+                     f"attention_plots={tmp_path / 'plots'}", "attention_plots_n=2",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    a = (tmp_path / "a.de").read_text().split("\n")
+    assert len(a) == 6 and a[-1] == ""  # five lines, each ending in a newline
+    assert a[1] == a[3] == "" and a[0] and a[2] and a[4]
+    assert len((tmp_path / "b.de").read_text().splitlines()) == 3
+    plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert plots == ["a.en.0001.png", "b.en.0001.png", "b.en.0002.png"]  # line 2 of a is empty
+
+
+def test_translate_command_stdin_stdout(checkpoint, tmp_path, translator):
+    text = "\n".join([SENTENCES[0], "", SENTENCES[1]]) + "\n"
+    result = run_cli("translate.py", f"checkpoint={checkpoint}", "decoding=greedy",
+                     "progress=false", cwd=tmp_path, stdin=text)
+    assert result.returncode == 0, result.stderr
+    expected = translator.translate([SENTENCES[0], "", SENTENCES[1]], beam_size=1)
+    assert result.stdout == "\n".join(expected) + "\n"
+
+
+@pytest.mark.parametrize(("make", "args", "message"), [
+    (None, ["checkpoint=/no/model.ckpt"], "error: /no/model.ckpt: checkpoint not found"),
+    ("garbage", [], "not a readable checkpoint"),
+    ("latin1", [], r"in.txt, line 2: invalid UTF-8"),
+    (None, ["input=/no/in.txt"], "error: /no/in.txt: input file not found"),
+    (None, ["output=[x,y]"], "1 input(s) but 2 output(s)"),
+])
+def test_translate_command_errors(checkpoint, tmp_path, make, args, message):
+    inp = tmp_path / "in.txt"
+    inp.write_bytes("Ein Hund .\nschl\xf6ssel\n".encode("latin-1") if make == "latin1"
+                    else b"A dog .\n")
+    ckpt = checkpoint
+    if make == "garbage":
+        ckpt = tmp_path / "bad.ckpt"
+        ckpt.write_bytes(b"\x00" * 100)
+    out = tmp_path / "out.txt"
+    result = run_cli("translate.py", f"checkpoint={ckpt}", f"input={inp}", f"output={out}",
+                     "progress=false", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr.replace("\\", "")
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.txt*"))
+
+
+# --- evaluate.py -----------------------------------------------------------------------------
+
+
+def test_evaluate_matches_sacrebleu_command_line(checkpoint, toy_dir, tmp_path):
+    out = tmp_path / "eval"
+    result = run_cli("evaluate.py", f"checkpoint={checkpoint}", f"src={toy_dir / 'test.en'}",
+                     f"ref={toy_dir / 'test.de'}", f"output_dir={out}", "progress=false",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [entry] = json.loads((out / "report.json").read_text())
+    assert entry["sentences"] == 30 and entry["sentences_per_s"] > 0
+    assert entry["decoding"]["beam_size"] == 5
+    assert entry["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    for metric in ("bleu", "chrf", "ter"):
+        cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(toy_dir / "test.de"),
+                              "-i", entry["hypotheses"], "-m", metric, "-b", "-w", "4"],
+                             capture_output=True, text=True, check=True)
+        assert entry[metric] == pytest.approx(float(cli.stdout.strip()), abs=1e-4)
+    assert "BLEU: nrefs:1" in result.stdout
+
+
+def test_evaluate_several_checkpoints_and_splits(checkpoint, toy_dir, tmp_path):
+    cfg = files_config(toy_dir, tmp_path / "cache")
+    data = [f"data.files.{split}.{side}={cfg['files'][split][side]}"
+            for split in ("valid", "test") for side in ("src", "tgt")]
+    result = run_cli("evaluate.py", f"checkpoint=[{checkpoint},{checkpoint}]", "data=files",
+                     "data.src_lang=en", "data.tgt_lang=de", *data, "split=[valid,test]",
+                     "decoding=greedy", f"output_dir={tmp_path / 'eval'}", "progress=false",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert [(Path(e["checkpoint"]).name, e["test_set"]) for e in report] == [
+        ("last.ckpt", "valid"), ("last.ckpt", "test")] * 2
+    table = [line for line in result.stdout.splitlines() if "last.ckpt" in line]
+    assert len(table) == 4 and "| valid" in table[0]
+    assert report[0]["sentences"] == 40  # the empty dev line is translated (to nothing) too
