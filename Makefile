@@ -17,7 +17,7 @@ endif
 DEMO_ARGS ?= trainer.max_epochs=1
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast lint bench-data bench-train
+.PHONY: install demo test test-fast lint bench-data bench-train bench-translate
 
 install: $(VENV)/.installed
 
@@ -29,8 +29,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(PY) -m nmt.cli prepare
 	rm -rf $(DEMO_DIR)
-	$(PY) train.py run_dir=$(DEMO_DIR) $(DEMO_ARGS)
+	$(PY) train.py run_dir=$(DEMO_DIR) test_after_training=false $(DEMO_ARGS)
 	@echo "dev BLEU (greedy): $$($(PY) -c "import json; print(round(json.load(open('$(DEMO_DIR)/metrics.json'))['val/bleu'], 2))")"
+	$(PY) evaluate.py checkpoint=$$(ls $(DEMO_DIR)/checkpoints/best-*.ckpt | head -n 1) \
+		split=test_2016_flickr decoding.beam_size=5 output_dir=$(DEMO_DIR)/evaluation progress=false
 
 lint: install
 	$(PY) -m ruff check .
@@ -46,3 +48,6 @@ bench-data: install
 
 bench-train: install
 	$(PY) bench/train.py
+
+bench-translate: install
+	$(PY) bench/translate.py

@@ -67,7 +67,7 @@ def main() -> None:
         translator = Translator.from_checkpoint(checkpoint)
         translator.translate(sources[:50], beam_size=5)  # warm-up
 
-        greedy, greedy_s = timed(lambda: translator.translate(
+        _, greedy_s = timed(lambda: translator.translate(
             sources, beam_size=1, batch_tokens=args.batch_tokens))
         beam, beam_s = timed(lambda: translator.translate(
             sources, beam_size=5, batch_tokens=args.batch_tokens))
