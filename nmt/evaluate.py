@@ -60,7 +60,7 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     if not checkpoints:
         raise ConfigError("checkpoint is not set")
     sets = resolve_test_sets(cfg)
-    decoding = Decoding(**cfg.decoding)
+    decoding = Decoding.from_dict(dict(cfg.decoding))
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

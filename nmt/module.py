@@ -7,6 +7,7 @@ the checkpoint too (``checkpoint["tokenizers"]``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -25,7 +26,6 @@ from nmt.translator import Decoding, decode
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = ("none", "plateau", "inverse_sqrt", "cosine")
-DECODING_KEYS = ("beam_size", "alpha", "max_len_a", "max_len_b")
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
@@ -101,8 +101,10 @@ class TranslationModule(L.LightningModule):
         super().__init__()
         if not 0 <= label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        validation = decoding_settings(validation, "validation")
-        test_decoding = decoding_settings(test_decoding or validation, "test_decoding")
+        validation = dataclasses.asdict(Decoding.from_dict(validation, "validation",
+                                                           beam_size=1))
+        test_decoding = dataclasses.asdict(Decoding.from_dict(test_decoding or validation,
+                                                              "test_decoding"))
         check_optim(optim)
         self.save_hyperparameters()
         try:
@@ -145,12 +147,15 @@ class TranslationModule(L.LightningModule):
         loss, nll, n_tokens = label_smoothed_nll(logits, batch.tgt_out,
                                                  self.hparams.label_smoothing)
         n = n_tokens.clamp(min=1)
-        with torch.no_grad():
-            correct = ((logits.argmax(-1) == batch.tgt_out) & (batch.tgt_out != PAD_ID)).sum()
         bsz = batch.src.size(0)
         self.log("train/loss", loss / n, prog_bar=True, batch_size=bsz)
         self.log("train/ppl", torch.exp((nll / n).clamp(max=50)), batch_size=bsz)
-        self.log("train/acc", correct / n, batch_size=bsz)
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            # Token accuracy needs an argmax over (B, T, V): only on steps that are logged.
+            with torch.no_grad():
+                real = batch.tgt_out != PAD_ID
+                correct = ((logits.argmax(-1) == batch.tgt_out) & real).sum()
+            self.log("train/acc", correct / n, batch_size=bsz)
         return loss / n
 
     def on_train_start(self) -> None:
@@ -279,16 +284,6 @@ class TranslationModule(L.LightningModule):
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_proto: bytes) -> Tokenizer:
     return Tokenizer(model_proto)
-
-
-def decoding_settings(values: dict[str, Any] | None, where: str) -> dict[str, Any]:
-    """Decoding settings with defaults; unknown keys are refused."""
-    values = dict(values or {})
-    unknown = set(values) - set(DECODING_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; "
-                          f"valid keys: {', '.join(DECODING_KEYS)}")
-    return {"beam_size": 1, "alpha": 0.6, "max_len_a": 1.5, "max_len_b": 10, **values}
 
 
 OPTIM_KEYS = {

@@ -117,7 +117,7 @@ def run(cfg: Any) -> dict[str, int]:
     for inp in inputs:
         if inp != "-" and not Path(inp).is_file():
             raise DataError(f"{inp}: input file not found")
-    decoding = Decoding(**cfg.decoding)
+    decoding = Decoding.from_dict(dict(cfg.decoding))
     translator = Translator.from_checkpoint(cfg.checkpoint, resolve_device(cfg.device),
                                             cfg.max_src_len)
     counts = {}

@@ -10,6 +10,7 @@ one output per input, an empty or whitespace-only input giving an empty output.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -25,7 +26,7 @@ import torch
 from nmt.data.dataset import collate
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.tokenizer import PAD_ID, Tokenizer
-from nmt.errors import NMTError, TokenizerError
+from nmt.errors import ConfigError, NMTError, TokenizerError
 from nmt.model import Seq2Seq
 from nmt.search import Hypothesis, beam_search, greedy_search, sample
 
@@ -52,6 +53,35 @@ class Decoding:
     temperature: float = 1.0
     top_k: int = 0
     seed: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.beam_size < 1:
+            problems.append(f"beam_size must be >= 1, got {self.beam_size}")
+        if not 1 <= self.n_best <= self.beam_size and not self.sampling:
+            problems.append(f"n_best must be between 1 and beam_size ({self.beam_size}), "
+                            f"got {self.n_best}")
+        if self.min_len < 0:
+            problems.append(f"min_len must be >= 0, got {self.min_len}")
+        if self.max_len_a < 0 or self.max_len_b < 0 or self.max_len_a == self.max_len_b == 0:
+            problems.append("max_len_a and max_len_b must be >= 0 and not both 0")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
+        if problems:
+            raise ConfigError("decoding: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, where: str = "decoding",
+                  **defaults: Any) -> Decoding:
+        """Settings from a config mapping; unknown keys are refused with the valid ones."""
+        values = {**defaults, **(values or {})}
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
+        return cls(**values)
 
 
 @dataclass

@@ -70,6 +70,8 @@ def test_experiment_configs_compose():
     ("optim.scheduler.name=step", "unknown scheduler 'step'; valid choices: none, plateau"),
     ("+trainer.max_epoch=3", r"trainer: unknown key\(s\) \['max_epoch'\]"),
     ("loss.label_smoothing=1.5", r"label_smoothing must be in \[0, 1\)"),
+    ("+validation.beam=3", r"validation: unknown key\(s\) \['beam'\]; valid keys: beam_size"),
+    ("test_decoding.beam_size=0", "decoding: beam_size must be >= 1, got 0"),
     ("model.tie_src_tgt=true tokenizer=spm_separate", "tie_src_tgt=true needs a joint"),
 ])
 def test_bad_config_fails_before_data(override, match, tmp_path):

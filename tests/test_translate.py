@@ -147,6 +147,7 @@ def test_translate_command_stdin_stdout(checkpoint, tmp_path, translator):
     ("latin1", [], r"in.txt, line 2: invalid UTF-8"),
     (None, ["input=/no/in.txt"], "error: /no/in.txt: input file not found"),
     (None, ["output=[x,y]"], "1 input(s) but 2 output(s)"),
+    (None, ["decoding.beam_size=0"], "error: decoding: beam_size must be >= 1, got 0"),
 ])
 def test_translate_command_errors(checkpoint, tmp_path, make, args, message):
     inp = tmp_path / "in.txt"
