@@ -215,7 +215,8 @@ class Translator:
                 texts = [self.tgt_tokenizer.decode([h.tokens for h in hs]) for hs in hyps]
                 for j, hs, ts in zip(batch_idx, hyps, texts, strict=True):
                     i = todo[j]
-                    pieces = [self.src_tokenizer.sp.id_to_piece(t) for t in ids[j]] + ["</s>"]
+                    pieces = ([self.src_tokenizer.sp.id_to_piece(t) for t in ids[j]] + ["</s>"]
+                              if return_attention else [])  # only plots need them
                     results[i] = Translation(sentences[i], pieces, hs, ts, j in truncated)
         return results  # type: ignore[return-value]
 

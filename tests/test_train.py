@@ -204,3 +204,15 @@ def test_label_smoothed_gradient_matches_torch(smoothing):
     (ref(ref_logits.view(-1, 13), target.view(-1)) * 0.7).backward()
     torch.testing.assert_close(grad, ref_logits.grad)
     assert torch.all(grad[1, 2:] == 0)  # padding gets no gradient
+
+
+@pytest.mark.slow
+def test_hydra_multirun_sweep(toy_cfg, tmp_path):
+    args = [a for a in toy_overrides(toy_cfg, tmp_path) if not a.startswith("run_dir=")]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "model=lstm,gru", "trainer=debug",
+         *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "sweep").glob("*/config.yaml"))
+    assert [OmegaConf.load(p).model.cell for p in runs] == ["lstm", "gru"]
