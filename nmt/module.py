@@ -45,7 +45,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         loss = (1.0 - smoothing) * nll.sum() + smoothing * uniform.sum()
         ctx.save_for_backward(logits, lse, target, real)
         ctx.smoothing = smoothing
-        return loss, nll.sum().detach()
+        nll_sum = nll.sum()
+        ctx.mark_non_differentiable(nll_sum)  # for perplexity only: backward() on it fails
+        return loss, nll_sum
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nll):

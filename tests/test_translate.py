@@ -199,6 +199,7 @@ def test_evaluate_several_checkpoints_and_splits(checkpoint, toy_dir, tmp_path):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert [(Path(e["checkpoint"]).name, e["test_set"]) for e in report] == [
         ("last.ckpt", "valid"), ("last.ckpt", "test")] * 2
-    table = [line for line in result.stdout.splitlines() if "last.ckpt" in line]
+    table = [line for line in result.stdout.splitlines()
+             if "last.ckpt" in line and " | " in line and not line.startswith("{")]
     assert len(table) == 4 and "| valid" in table[0]
     assert report[0]["sentences"] == 40  # the empty dev line is translated (to nothing) too

@@ -16,6 +16,7 @@ class Attention(nn.Module):
     """Base: subclasses define ``project_keys`` and ``score``."""
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, S, M) encoder states -> (B, S, K) keys; run once per batch, not per step."""
         return memory
 
     def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,8 @@ class DecoderState(NamedTuple):
 
 
 class RNNDecoder(nn.Module):
+    """Stacked RNN, then attention over the encoder states (Luong's flow, for every type)."""
+
     def __init__(self, cell: str, emb_size: int, hidden_size: int, memory_size: int,
                  num_layers: int = 1, attention: str = "bahdanau",
                  attention_size: int | None = None, input_feeding: bool = True,
@@ -97,8 +99,9 @@ class RNNDecoder(nn.Module):
             inp = h
             if layer < self.num_layers - 1 and rnn.dropout and self.training:
                 inp = nn.functional.dropout(inp, rnn.dropout, training=True)
-        new = (torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs)
-        return h, new
+        if self.num_layers == 1:  # the usual case: views, not stack's copies, every step
+            return h, ((h.unsqueeze(0), cs[0].unsqueeze(0)) if lstm else h.unsqueeze(0))
+        return h, ((torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs))
 
     def forward(self, emb: torch.Tensor, state: DecoderState, keys: torch.Tensor,
                 memory: torch.Tensor, mask: torch.Tensor

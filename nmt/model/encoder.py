@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 RNNS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -20,7 +20,8 @@ def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dro
                       bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
 
 
-def run_rnn(rnn: nn.RNNBase, x, state: State | None = None):
+def run_rnn(rnn: nn.RNNBase, x: torch.Tensor | PackedSequence, state: State | None = None
+            ) -> tuple[torch.Tensor | PackedSequence, State]:
     """Call an nn.RNN/GRU/LSTM; under CPU autocast, in float32.
 
     oneDNN's bf16 recurrences need bf16 hardware (they fail on e.g. AVX2-only CPUs),

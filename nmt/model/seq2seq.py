@@ -114,6 +114,7 @@ class Seq2Seq(nn.Module):
         return EncoderOutput(memory, self.decoder.project_keys(memory), mask, final)
 
     def init_state(self, enc: EncoderOutput) -> DecoderState:
+        """The decoder's first state: the bridged encoder state (or zeros), a zero feed."""
         batch = enc.memory.size(0)
         layers, size = self.decoder.num_layers, self.decoder.hidden_size
         states = enc.final if isinstance(enc.final, tuple) else (enc.final,)
@@ -167,10 +168,12 @@ class Seq2Seq(nn.Module):
 
     @staticmethod
     def reorder_encoder(enc: EncoderOutput, index: torch.Tensor) -> EncoderOutput:
+        """Rows ``index`` (K,) of every field, e.g. each sentence repeated once per beam."""
         return EncoderOutput(enc.memory.index_select(0, index), enc.keys.index_select(0, index),
                              enc.mask.index_select(0, index), _select(enc.final, index, 1))
 
     @staticmethod
     def reorder_state(state: DecoderState, index: torch.Tensor) -> DecoderState:
+        """Rows ``index`` (K,) of the state: a new state, the old one is left as it was."""
         feed = state.feed.index_select(0, index) if state.feed is not None else None
         return DecoderState(_select(state.hidden, index, 1), feed)
