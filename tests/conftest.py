@@ -94,6 +94,18 @@ def toy_prepared(toy_data_cfg):
     return prepare(toy_data_cfg, TOY_TOKENIZER)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: its tensors are tiny, and extra threads only
+    spin (and crawl on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The offline copy of the catalog corpora (../shared/data or $NMT_DATA_DIR)."""
