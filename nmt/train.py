@@ -110,7 +110,8 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[NMTDataModule, TranslationMod
     callbacks: list[L.Callback] = [
         # The first checkpoint callback is trainer.checkpoint_callback: the best by val/bleu.
         ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/bleu", mode="max",
-                        save_top_k=cb.save_top_k, filename="best-{epoch:02d}-{step}"),
+                        save_top_k=cb.save_top_k, filename="best-epoch{epoch:02d}-step{step}",
+                        auto_insert_metric_name=False),  # no "=" in names: Hydra overrides
         # last.ckpt, unmonitored so that it is also written before the first validation.
         ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor=None, save_top_k=0,
                         save_last=True, every_n_train_steps=cb.every_n_train_steps),

@@ -122,6 +122,8 @@ def test_train_writes_run_dir_and_checkpoint_with_tokenizers(toy_cfg, tmp_path):
     assert {"val/bleu", "val/chrf", "val/loss", "val/ppl", "test/bleu"} <= set(metrics)
     assert (run / "config.yaml").is_file() and (run / "metrics.json").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    [best] = (run / "checkpoints").glob("best-*.ckpt")
+    assert "=" not in best.name  # usable as checkpoint=PATH in a Hydra override
     assert list((run / "tensorboard").glob("events.*"))
     logged = (run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "train/ppl", "train/acc", "train/tokens_per_s", "val/bleu"} <= set(
