@@ -77,12 +77,6 @@ def read_stream(f: IO[bytes], name: str, allow_empty: bool = False) -> Iterator[
         raise DataError(f"{name}: the file is empty")
 
 
-def count_lines(path: str | os.PathLike) -> int:
-    """Number of lines in a text file (plain or gzip)."""
-    with _open_binary(Path(path)) as f:
-        return sum(1 for _ in f)
-
-
 def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike
                   ) -> Iterator[tuple[str, str]]:
     """Yield aligned (source, target) line pairs from two files.
