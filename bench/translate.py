@@ -1,6 +1,7 @@
 """Translation speed benchmark on Multi30k en->de test_2016_flickr.
 
     python bench/translate.py [--checkpoint model.ckpt] [--unbatched 1000] [--train-steps 300]
+                              [--device cpu|cuda]
 
 Without a checkpoint, the script first trains the default recipe briefly itself
 (--train-steps). It then translates the test set greedily and with beam 5 in
@@ -54,6 +55,7 @@ def main() -> None:
                         help="sentences translated one at a time (default: all 1000)")
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--batch-tokens", type=int, default=4000)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -64,7 +66,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nmt-bench-translate-") as tmp:
         checkpoint = args.checkpoint or train_briefly(args.train_steps, Path(tmp))
-        translator = Translator.from_checkpoint(checkpoint)
+        translator = Translator.from_checkpoint(checkpoint, device=args.device)
         translator.translate(sources[:50], beam_size=5)  # warm-up
 
         _, greedy_s = timed(lambda: translator.translate(
@@ -75,6 +77,7 @@ def main() -> None:
         single, single_s = timed(lambda: [translator.translate([s], beam_size=5)[0]
                                           for s in subset])
     result = {
+        "device": args.device,
         "checkpoint": str(args.checkpoint or f"default recipe, {args.train_steps} steps"),
         "sentences": len(sources),
         "greedy_sentences_per_s": round(len(sources) / greedy_s, 1),

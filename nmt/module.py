@@ -218,7 +218,9 @@ class TranslationModule(L.LightningModule):
 
     def _eval_end(self, prefix: str, split: str) -> None:
         sums = self._val_sums
-        distributed = dist.is_available() and dist.is_initialized()
+        # This run's world, not whether some process group exists: an earlier DDP fit in the
+        # same process leaves its group behind.
+        distributed = self.trainer.world_size > 1
         if distributed:
             dist.all_reduce(sums)
         n = sums[2].clamp(min=1)
