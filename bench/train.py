@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from flops import counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from nmt.data.tokenizer import PAD_ID  # noqa: E402
@@ -51,51 +52,16 @@ class StepTimer(L.Callback):
 
 
 def training_flops(module, batch) -> float:
-    """Floating-point operations of one training step (forward + backward) on ``batch``.
+    """Floating-point operations of one training step (forward + backward) on ``batch``."""
+    from nmt.module import label_smoothed_nll
 
-    Matmuls are counted by torch's FlopCounterMode; the fused nn.LSTM/GRU/RNN
-    kernels it cannot see are counted by hand (2 * gates * hidden * (input +
-    hidden) per token, direction and layer, times 3 for forward and backward).
-    """
-    from torch.nn.utils.rnn import PackedSequence
-    from torch.utils.flop_counter import FlopCounterMode
-
-    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}
-    rnn_flops = 0.0
-
-    def hook(mod, args, output):
-        nonlocal rnn_flops
-        x = args[0]
-        tokens = x.data.size(0) if isinstance(x, PackedSequence) else x.size(0) * x.size(1)
-        dirs = 2 if mod.bidirectional else 1
-        for layer in range(mod.num_layers):
-            inp = mod.input_size if layer == 0 else mod.hidden_size * dirs
-            per_token = 2 * gates[type(mod).__name__] * mod.hidden_size * (inp + mod.hidden_size)
-            rnn_flops += 3 * per_token * tokens * dirs
-
-    rnns = [m for m in module.modules() if isinstance(m, torch.nn.RNNBase)]
-    handles = [m.register_forward_hook(hook) for m in rnns]
     try:
-        with FlopCounterMode(display=False) as counter:
-            from nmt.module import label_smoothed_nll
-
+        with counting(module, rnn_passes=3) as count:
             loss, _, n = label_smoothed_nll(module(batch), batch.tgt_out, 0.1)
             (loss / n).backward()
     finally:
-        for h in handles:
-            h.remove()
         module.zero_grad(set_to_none=True)
-    return counter.get_total_flops() + rnn_flops
-
-
-def sgemm_gflop_per_s(n: int = 2048, k: int = 512, repeats: int = 10) -> float:
-    """This machine's float32 matmul speed on a training-sized product, for comparison."""
-    a, b = torch.randn(n, k), torch.randn(k, n)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n * k * n * repeats / (time.perf_counter() - start) / 1e9
+    return count.total
 
 
 def main() -> None:

@@ -1,14 +1,17 @@
 """Translation speed benchmark on Multi30k en->de test_2016_flickr.
 
     python bench/translate.py [--checkpoint model.ckpt] [--unbatched 1000] [--train-steps 300]
-                              [--device cpu|cuda]
+                              [--device cpu|cuda] [--workers N] [--batch-tokens N]
 
 Without a checkpoint, the script first trains the default recipe briefly itself
 (--train-steps). It then translates the test set greedily and with beam 5 in
 token-budget batches, and with beam 5 one sentence at a time (the first
---unbatched sentences), in the same run, and checks that batched and unbatched
-beam search agree. The last line printed is one JSON object (keys are compared
-from run to run: keep them).
+--unbatched sentences), all in the same run, and checks that batched and
+unbatched beam search agree. On the CPU it also times one batch at a time
+(workers=1), counts the FLOPs that decoding takes per sentence and measures
+this machine's own float32 matmul speed, which bounds what any decoder of this
+model can reach here. The last line printed is one JSON object (keys are
+compared from run to run: keep them).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from flops import counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from nmt.data.corpus import fetch_split, read_lines  # noqa: E402
-from nmt.translator import Decoding, Translator  # noqa: E402
+from nmt.translator import DEFAULT_BATCH_TOKENS, Decoding, Translator  # noqa: E402
 
 
 def train_briefly(steps: int, run_dir: Path) -> Path:
@@ -42,10 +46,29 @@ def train_briefly(steps: int, run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+def sentences_per_s(translator: Translator, sources: list[str], beam: int, batch_tokens: int,
+                    workers: int | None = None) -> tuple[list[str], float]:
+    """Translations and their speed, with ``workers`` batches at a time (None: default)."""
+    default = translator.workers
+    translator.workers = workers or default
+    try:
+        start = time.perf_counter()
+        out = translator.translate(sources, beam_size=beam, batch_tokens=batch_tokens)
+        return out, round(len(sources) / (time.perf_counter() - start), 1)
+    finally:
+        translator.workers = default
+
+
+def mflop_per_sentence(translator: Translator, sources: list[str], beam: int,
+                       batch_tokens: int) -> float:
+    """FLOPs of decoding (encoder, decoder steps, output layer), one batch at a time."""
+    default, translator.workers = translator.workers, 1  # the counter sees this thread only
+    try:
+        with counting(translator.model) as count:
+            translator.translate(sources, beam_size=beam, batch_tokens=batch_tokens)
+    finally:
+        translator.workers = default
+    return round(count.total / len(sources) / 1e6, 1)
 
 
 def main() -> None:
@@ -54,8 +77,9 @@ def main() -> None:
     parser.add_argument("--unbatched", type=int, default=1000,
                         help="sentences translated one at a time (default: all 1000)")
     parser.add_argument("--train-steps", type=int, default=300)
-    parser.add_argument("--batch-tokens", type=int, default=4000)
+    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--workers", type=int, help="batches at once on the CPU (default: 2)")
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -63,34 +87,52 @@ def main() -> None:
     files = fetch_split("multi30k", "test_2016_flickr", "en", "de", data["root"],
                         data["local_dir"])
     sources = list(read_lines(files.src))
+    tokens = args.batch_tokens
+    cpu = args.device == "cpu"
 
     with tempfile.TemporaryDirectory(prefix="nmt-bench-translate-") as tmp:
         checkpoint = args.checkpoint or train_briefly(args.train_steps, Path(tmp))
-        translator = Translator.from_checkpoint(checkpoint, device=args.device)
+        translator = Translator.from_checkpoint(checkpoint, device=args.device,
+                                                workers=args.workers)
         translator.translate(sources[:50], beam_size=5)  # warm-up
 
-        _, greedy_s = timed(lambda: translator.translate(
-            sources, beam_size=1, batch_tokens=args.batch_tokens))
-        beam, beam_s = timed(lambda: translator.translate(
-            sources, beam_size=5, batch_tokens=args.batch_tokens))
+        result: dict = {"device": args.device, "workers": translator.workers}
+        _, result["greedy_sentences_per_s"] = sentences_per_s(translator, sources, 1, tokens)
+        beam, result["beam5_sentences_per_s"] = sentences_per_s(translator, sources, 5, tokens)
         subset = sources[: args.unbatched]
-        single, single_s = timed(lambda: [translator.translate([s], beam_size=5)[0]
-                                          for s in subset])
-    result = {
-        "device": args.device,
+        start = time.perf_counter()
+        single = [translator.translate([s], beam_size=5)[0] for s in subset]
+        result["beam5_unbatched_sentences_per_s"] = round(
+            len(subset) / (time.perf_counter() - start), 1)
+        if cpu:
+            _, result["greedy_workers1_sentences_per_s"] = sentences_per_s(
+                translator, sources, 1, tokens, workers=1)
+            _, result["beam5_workers1_sentences_per_s"] = sentences_per_s(
+                translator, sources, 5, tokens, workers=1)
+            sample = sources[::5]  # 200 sentences of every length
+            for name, k in (("greedy", 1), ("beam5", 5)):
+                mflop = mflop_per_sentence(translator, sample, k, tokens)
+                result[f"{name}_mflop_per_sentence"] = mflop
+                result[f"{name}_gflop_per_s"] = round(
+                    mflop * result[f"{name}_sentences_per_s"] / 1e3, 1)
+            sgemm = sgemm_gflop_per_s()
+            result["sgemm_gflop_per_s"] = round(sgemm, 1)
+            # No decoder of this model can beat the machine's own large-matmul speed.
+            for name in ("greedy", "beam5"):
+                result[f"{name}_sentences_per_s_at_sgemm_speed"] = round(
+                    sgemm * 1e3 / result[f"{name}_mflop_per_sentence"], 1)
+    result.update({
         "checkpoint": str(args.checkpoint or f"default recipe, {args.train_steps} steps"),
         "sentences": len(sources),
-        "greedy_sentences_per_s": round(len(sources) / greedy_s, 1),
-        "beam5_sentences_per_s": round(len(sources) / beam_s, 1),
-        "beam5_unbatched_sentences_per_s": round(len(subset) / single_s, 1),
         "unbatched_sentences": len(subset),
-        "batched_over_unbatched": round((len(sources) / beam_s) / (len(subset) / single_s), 2),
+        "batched_over_unbatched": round(result["beam5_sentences_per_s"]
+                                        / result["beam5_unbatched_sentences_per_s"], 2),
         "identical_outputs": beam[: len(subset)] == single,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "decoding": {k: v for k, v in vars(Decoding(beam_size=5)).items()
                      if k in ("alpha", "max_len_a", "max_len_b")},
-        "batch_tokens": args.batch_tokens,
-    }
+        "batch_tokens": tokens,
+    })
     print(json.dumps(result))
 
 

@@ -66,7 +66,7 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     report = []
     for ckpt in checkpoints:
-        translator = Translator.from_checkpoint(ckpt, device, cfg.max_src_len)
+        translator = Translator.from_checkpoint(ckpt, device, cfg.max_src_len, cfg.workers)
         for name, files in sets.items():
             refs = list(read_lines(files.tgt, allow_empty=True))
             hyp_path = out_dir / f"{safe_name(Path(ckpt).stem)}.{safe_name(name)}.hyp"

@@ -119,7 +119,7 @@ def run(cfg: Any) -> dict[str, int]:
             raise DataError(f"{inp}: input file not found")
     decoding = Decoding.from_dict(dict(cfg.decoding))
     translator = Translator.from_checkpoint(cfg.checkpoint, resolve_device(cfg.device),
-                                            cfg.max_src_len)
+                                            cfg.max_src_len, cfg.workers)
     counts = {}
     for inp, out in zip(inputs, outputs, strict=True):
         counts[inp] = translate_file(translator, inp, out, decoding, cfg.batch_tokens,

@@ -6,6 +6,11 @@
 Sentences are encoded, sorted by length into token-budget batches, decoded with
 greedy, beam or sampling search (nmt/search.py), and returned in input order:
 one output per input, an empty or whitespace-only input giving an empty output.
+
+On the CPU, ``workers`` batches are decoded at once (two by default), each on its
+share of torch's threads: a batch's small per-step products and element-wise work
+use one core better than two cores share them. The model keeps no state between
+steps, so the batches cannot interfere: the results are those of one batch at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import pickle
 import zipfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ from nmt.search import Hypothesis, beam_search, greedy_search, sample
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SRC_LEN = 250
+DEFAULT_BATCH_TOKENS = 10000
 
 
 class CheckpointError(NMTError):
@@ -125,17 +132,26 @@ class Translator:
 
     def __init__(self, model: Seq2Seq, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
                  device: str | torch.device = "cpu",
-                 max_src_len: int = DEFAULT_MAX_SRC_LEN) -> None:
+                 max_src_len: int = DEFAULT_MAX_SRC_LEN, workers: int | None = None) -> None:
+        """``workers``: batches decoded at once on the CPU, each on its share of torch's
+        threads (None: 2, or 1 with a single thread; 1: one batch at a time on all of
+        them). A GPU decodes one batch at a time."""
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
         self.model = model.to(device).eval()
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
         self.device = torch.device(device)
         self.max_src_len = max_src_len
+        if self.device.type != "cpu":
+            workers = 1
+        self.workers = workers or min(2, torch.get_num_threads())
         self.truncated = 0  # inputs cut to max_src_len tokens so far
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        max_src_len: int | None = None) -> Translator:
+                        max_src_len: int | None = None, workers: int | None = None
+                        ) -> Translator:
         ckpt = load_checkpoint(path, "cpu")
         hp = ckpt["hyper_parameters"]
         try:
@@ -151,18 +167,18 @@ class Translator:
             raise CheckpointError(f"{path}: the checkpoint does not fit this toolkit's "
                                   f"model ({str(e).splitlines()[0]})") from None
         return cls(model, src, tgt, device,
-                   max_src_len or hp.get("max_src_len") or DEFAULT_MAX_SRC_LEN)
+                   max_src_len or hp.get("max_src_len") or DEFAULT_MAX_SRC_LEN, workers)
 
     # -- translation ---------------------------------------------------------------------
 
-    def translate(self, sentences: list[str], beam_size: int = 5, batch_tokens: int = 4000,
-                  **decoding: Any) -> list[str]:
+    def translate(self, sentences: list[str], beam_size: int = 5,
+                  batch_tokens: int = DEFAULT_BATCH_TOKENS, **decoding: Any) -> list[str]:
         """The best translation of each sentence, in input order."""
         settings = Decoding(beam_size=beam_size, **decoding)
         return [t.text for t in self.translate_full(sentences, settings, batch_tokens)]
 
     def translate_stream(self, lines: Iterable[str], decoding: Decoding,
-                         batch_tokens: int = 4000, chunk_size: int = 2000,
+                         batch_tokens: int = DEFAULT_BATCH_TOKENS, chunk_size: int = 2000,
                          attention_first: int = 0) -> Iterator[Translation]:
         """Translate an iterable of lines chunk by chunk: memory stays flat for any input.
 
@@ -182,9 +198,14 @@ class Translator:
             yield from self.translate_full(chunk, decoding, batch_tokens, done < attention_first)
 
     def translate_full(self, sentences: list[str], decoding: Decoding = Decoding(),
-                       batch_tokens: int = 4000, return_attention: bool = False
+                       batch_tokens: int = DEFAULT_BATCH_TOKENS, return_attention: bool = False
                        ) -> list[Translation]:
-        """Every hypothesis of every sentence, with pieces and attention when asked for."""
+        """Every hypothesis of every sentence, with pieces and attention when asked for.
+
+        A batch holds at most ``batch_tokens / beam_size`` source tokens, padding
+        included: its (sentences x beams) decoder rows attend over about
+        ``batch_tokens`` source positions whatever the beam size.
+        """
         results: list[Translation | None] = [None] * len(sentences)
         todo = [i for i, s in enumerate(sentences) if s.strip()]
         for i, s in enumerate(sentences):
@@ -204,14 +225,23 @@ class Translator:
         generator = (torch.Generator(device=self.device).manual_seed(decoding.seed)
                      if decoding.sampling else None)
         if len(ids):
-            sampler = TokenBatchSampler(lengths, lengths, batch_tokens, shuffle=False)
-            for batch_idx in sampler:
+            beams = 1 if decoding.sampling else decoding.beam_size
+            budget = max(batch_tokens // beams, 1)
+            batches = list(TokenBatchSampler(lengths, np.zeros_like(lengths), budget,
+                                             shuffle=False))
+
+            def run(batch_idx: np.ndarray) -> tuple[np.ndarray, list[list[Hypothesis]]]:
                 examples = [(j, np.asarray(ids[j], dtype=np.int64), np.zeros(0, np.int64))
                             for j in batch_idx]
                 batch = collate(examples)
-                hyps = decode(self.model, batch.src.to(self.device),
-                              batch.src_lengths.to(self.device), decoding, return_attention,
-                              generator)
+                return batch_idx, decode(self.model, batch.src.to(self.device),
+                                         batch.src_lengths.to(self.device), decoding,
+                                         return_attention, generator)
+
+            # Sampling draws from one generator: one batch at a time, in a fixed order.
+            workers = 1 if decoding.sampling else self.workers
+            for batch_idx, hyps in _run_parallel(run, batches, workers,
+                                                 cost=lambda b: len(b) * int(lengths[b].max())):
                 texts = [self.tgt_tokenizer.decode([h.tokens for h in hs]) for hs in hyps]
                 for j, hs, ts in zip(batch_idx, hyps, texts, strict=True):
                     i = todo[j]
@@ -220,6 +250,30 @@ class Translator:
                     results[i] = Translation(sentences[i], pieces, hs, ts, j in truncated)
         return results  # type: ignore[return-value]
 
+
+
+def _run_parallel(fn: Any, batches: list[np.ndarray], workers: int, cost: Any) -> Iterator[Any]:
+    """``fn`` on every batch, ``workers`` at a time, each on its share of torch's threads;
+    results in the order of submission, the largest batches (by ``cost``) first so that
+    none of them starts last. One worker: in the given order, on the caller's threads."""
+    workers = min(workers, len(batches))
+    if workers <= 1:
+        yield from map(fn, batches)
+        return
+    threads = torch.get_num_threads()
+    share = max(1, threads // workers)
+
+    def on_share(batch: np.ndarray) -> Any:
+        torch.set_num_threads(share)  # this thread's own OpenMP and MKL settings
+        return fn(batch)
+
+    torch.set_num_threads(share)  # ... and the default of threads that start meanwhile
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="nmt-decode")
+    try:
+        yield from pool.map(on_share, sorted(batches, key=cost, reverse=True))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def decode(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, d: Decoding,

@@ -12,6 +12,7 @@ import torch
 from conftest import files_config, toy_pairs, write_side
 from train_helpers import ROOT, compose_train, toy_overrides
 
+from nmt.errors import ConfigError
 from nmt.translate import format_translation, translate_file
 from nmt.translator import CheckpointError, Decoding, Translator, load_checkpoint
 
@@ -59,6 +60,46 @@ def test_order_and_batching_do_not_change_results(translator):
     alone = [translator.translate([s], beam_size=4)[0] for s in SENTENCES]
     tiny_batches = translator.translate(SENTENCES, beam_size=4, batch_tokens=30)
     assert together == reverse == alone == tiny_batches
+
+
+def test_parallel_batches_give_what_one_batch_at_a_time_gives(checkpoint):
+    parallel = Translator.from_checkpoint(checkpoint, workers=2)
+    serial = Translator.from_checkpoint(checkpoint, workers=1)
+    sentences = SENTENCES + [s for s, _ in toy_pairs(30, seed=8)] + [""]
+    threads = torch.get_num_threads()
+    for decoding in (Decoding(beam_size=1), Decoding(beam_size=3, n_best=2),
+                     Decoding(sampling=True, top_k=5)):
+        # batch_tokens=60: many small batches, decoded two at a time
+        a = parallel.translate_full(sentences, decoding, batch_tokens=60)
+        b = serial.translate_full(sentences, decoding, batch_tokens=60)
+        assert [t.texts for t in a] == [t.texts for t in b]
+        for ta, tb in zip(a, b, strict=True):
+            assert [h.score for h in ta.hypotheses] == pytest.approx(
+                [h.score for h in tb.hypotheses], abs=1e-4)
+        assert torch.get_num_threads() == threads
+
+
+def test_failing_batch_stops_parallel_decoding_and_restores_threads(translator, monkeypatch):
+    import nmt.translator as module
+
+    calls = []
+
+    def failing(model, src, *args, **kwargs):
+        calls.append(src.size(0))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(module, "decode", failing)
+    monkeypatch.setattr(translator, "workers", 2)
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"):
+        translator.translate(SENTENCES * 5, beam_size=2, batch_tokens=40)
+    assert torch.get_num_threads() == threads
+    assert 0 < len(calls) < 20  # the batches not yet started were cancelled
+
+
+def test_workers_must_be_positive(checkpoint):
+    with pytest.raises(ConfigError, match="workers must be >= 1, got 0"):
+        Translator.from_checkpoint(checkpoint, workers=0)
 
 
 def test_truncation_is_counted(checkpoint):
@@ -148,6 +189,7 @@ def test_translate_command_stdin_stdout(checkpoint, tmp_path, translator):
     (None, ["input=/no/in.txt"], "error: /no/in.txt: input file not found"),
     (None, ["output=[x,y]"], "1 input(s) but 2 output(s)"),
     (None, ["decoding.beam_size=0"], "error: decoding: beam_size must be >= 1, got 0"),
+    (None, ["workers=0"], "error: workers must be >= 1, got 0"),
 ])
 def test_translate_command_errors(checkpoint, tmp_path, make, args, message):
     inp = tmp_path / "in.txt"

@@ -1,0 +1,67 @@
+"""FLOP counting and this machine's matmul speed, shared by the benchmarks.
+
+torch's FlopCounterMode counts matmuls; the fused nn.LSTM/GRU/RNN kernels it
+cannot see are counted by hand: 2 * gates * hidden * (input + hidden) per token,
+direction and layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+from torch.utils.flop_counter import FlopCounterMode
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+class FlopCount:
+    """``total`` FLOPs of the code run inside ``counting(module)``."""
+
+    def __init__(self) -> None:
+        self.matmul = 0.0
+        self.rnn = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.matmul + self.rnn
+
+
+@contextlib.contextmanager
+def counting(module: nn.Module, rnn_passes: int = 1) -> Iterator[FlopCount]:
+    """Count the FLOPs of what runs inside; ``rnn_passes`` = 3 counts a forward and a
+    backward of the fused recurrences (which FlopCounterMode does not see)."""
+    count = FlopCount()
+
+    def hook(mod: nn.RNNBase, args: tuple, output: object) -> None:
+        x = args[0]
+        tokens = x.data.size(0) if isinstance(x, PackedSequence) else x.size(0) * x.size(1)
+        dirs = 2 if mod.bidirectional else 1
+        for layer in range(mod.num_layers):
+            inp = mod.input_size if layer == 0 else mod.hidden_size * dirs
+            per_token = 2 * GATES[type(mod).__name__] * mod.hidden_size * (inp + mod.hidden_size)
+            count.rnn += rnn_passes * per_token * tokens * dirs
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, nn.RNNBase)]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            yield count
+    finally:
+        for h in handles:
+            h.remove()
+    count.matmul = counter.get_total_flops()
+
+
+def sgemm_gflop_per_s(n: int = 2048, k: int = 512, repeats: int = 10) -> float:
+    """This machine's float32 matmul speed on a large product, for comparison."""
+    a, b = torch.randn(n, k), torch.randn(k, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n * k * n * repeats / (time.perf_counter() - start) / 1e9
