@@ -20,11 +20,11 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SRC_LEN = 250
 DEFAULT_BATCH_TOKENS = 10000
+
+T = TypeVar("T")
 
 
 class CheckpointError(NMTError):
@@ -252,7 +254,8 @@ class Translator:
 
 
 
-def _run_parallel(fn: Any, batches: list[np.ndarray], workers: int, cost: Any) -> Iterator[Any]:
+def _run_parallel(fn: Callable[[np.ndarray], T], batches: list[np.ndarray], workers: int,
+                  cost: Callable[[np.ndarray], int]) -> Iterator[T]:
     """``fn`` on every batch, ``workers`` at a time, each on its share of torch's threads;
     results in the order of submission, the largest batches (by ``cost``) first so that
     none of them starts last. One worker: in the given order, on the caller's threads."""
@@ -263,7 +266,7 @@ def _run_parallel(fn: Any, batches: list[np.ndarray], workers: int, cost: Any) -
     threads = torch.get_num_threads()
     share = max(1, threads // workers)
 
-    def on_share(batch: np.ndarray) -> Any:
+    def on_share(batch: np.ndarray) -> T:
         torch.set_num_threads(share)  # this thread's own OpenMP and MKL settings
         return fn(batch)
 
