@@ -138,8 +138,8 @@ class Translator:
         """``workers``: batches decoded at once on the CPU, each on its share of torch's
         threads (None: 2, or 1 with a single thread; 1: one batch at a time on all of
         them). A GPU decodes one batch at a time."""
-        if workers is not None and workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ConfigError(f"workers must be a positive integer (or null), got {workers!r}")
         self.model = model.to(device).eval()
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
@@ -208,6 +208,8 @@ class Translator:
         included: its (sentences x beams) decoder rows attend over about
         ``batch_tokens`` source positions whatever the beam size.
         """
+        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise ConfigError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
         results: list[Translation | None] = [None] * len(sentences)
         todo = [i for i, s in enumerate(sentences) if s.strip()]
         for i, s in enumerate(sentences):

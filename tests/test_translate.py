@@ -98,7 +98,7 @@ def test_failing_batch_stops_parallel_decoding_and_restores_threads(translator, 
 
 
 def test_workers_must_be_positive(checkpoint):
-    with pytest.raises(ConfigError, match="workers must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="workers must be a positive integer"):
         Translator.from_checkpoint(checkpoint, workers=0)
 
 
@@ -189,7 +189,8 @@ def test_translate_command_stdin_stdout(checkpoint, tmp_path, translator):
     (None, ["input=/no/in.txt"], "error: /no/in.txt: input file not found"),
     (None, ["output=[x,y]"], "1 input(s) but 2 output(s)"),
     (None, ["decoding.beam_size=0"], "error: decoding: beam_size must be >= 1, got 0"),
-    (None, ["workers=0"], "error: workers must be >= 1, got 0"),
+    (None, ["workers=0"], "error: workers must be a positive integer (or null), got 0"),
+    (None, ["batch_tokens=0"], "error: batch_tokens must be a positive integer, got 0"),
 ])
 def test_translate_command_errors(checkpoint, tmp_path, make, args, message):
     inp = tmp_path / "in.txt"
