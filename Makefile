@@ -13,7 +13,7 @@ export NMT_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-# The demo's training budget (any train.py overrides): one epoch is about 6 minutes here.
+# The demo's training budget (any train.py overrides): one epoch takes 6-12 minutes on 2 cores.
 DEMO_ARGS ?= trainer.max_epochs=1
 DEMO_DIR ?= runs/demo
 
