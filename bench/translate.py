@@ -17,11 +17,13 @@ compared from run to run: keep them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,28 +48,32 @@ def train_briefly(steps: int, run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def sentences_per_s(translator: Translator, sources: list[str], beam: int, batch_tokens: int,
-                    workers: int | None = None) -> tuple[list[str], float]:
-    """Translations and their speed, with ``workers`` batches at a time (None: default)."""
+@contextlib.contextmanager
+def batches_at_once(translator: Translator, workers: int | None) -> Iterator[None]:
+    """``translator.workers`` set to ``workers`` inside (None: left as it is)."""
     default = translator.workers
     translator.workers = workers or default
     try:
+        yield
+    finally:
+        translator.workers = default
+
+
+def sentences_per_s(translator: Translator, sources: list[str], beam: int, batch_tokens: int,
+                    workers: int | None = None) -> tuple[list[str], float]:
+    """Translations and their speed, with ``workers`` batches at a time (None: default)."""
+    with batches_at_once(translator, workers):
         start = time.perf_counter()
         out = translator.translate(sources, beam_size=beam, batch_tokens=batch_tokens)
         return out, round(len(sources) / (time.perf_counter() - start), 1)
-    finally:
-        translator.workers = default
 
 
 def mflop_per_sentence(translator: Translator, sources: list[str], beam: int,
                        batch_tokens: int) -> float:
     """FLOPs of decoding (encoder, decoder steps, output layer), one batch at a time."""
-    default, translator.workers = translator.workers, 1  # the counter sees this thread only
-    try:
-        with counting(translator.model) as count:
-            translator.translate(sources, beam_size=beam, batch_tokens=batch_tokens)
-    finally:
-        translator.workers = default
+    # One worker: the counter sees the ops of this thread only.
+    with batches_at_once(translator, 1), counting(translator.model) as count:
+        translator.translate(sources, beam_size=beam, batch_tokens=batch_tokens)
     return round(count.total / len(sources) / 1e6, 1)
 
 
