@@ -34,7 +34,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from nmt.data.corpus import fetch_split, read_lines  # noqa: E402
-from nmt.translator import DEFAULT_BATCH_TOKENS, Decoding, Translator  # noqa: E402
+from nmt.decoding import Decoding  # noqa: E402
+from nmt.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
 
 
 def train_briefly(steps: int, run_dir: Path) -> Path:

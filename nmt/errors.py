@@ -21,3 +21,7 @@ class TokenizerError(NMTError):
 
 class ConfigError(NMTError):
     """A configuration value is invalid."""
+
+
+class CheckpointError(NMTError):
+    """A checkpoint is missing, unreadable or not one of ours."""

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from nmt.data.corpus import ParallelFiles, fetch_split, read_lines
+from nmt.decoding import Decoding
 from nmt.errors import ConfigError, DataError
 from nmt.metrics import corpus_scores
 from nmt.translate import as_list, resolve_device, translate_file
-from nmt.translator import Decoding, Translator
+from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import torch.distributed as dist
 
 from nmt.data.dataset import Batch
 from nmt.data.tokenizer import PAD_ID, Tokenizer
+from nmt.decoding import Decoding, decode
 from nmt.errors import ConfigError
 from nmt.metrics import corpus_scores
 from nmt.model.seq2seq import Seq2Seq
-from nmt.translator import Decoding, decode
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = ("none", "plateau", "inverse_sqrt", "cosine")

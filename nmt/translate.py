@@ -20,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from nmt.data.corpus import read_lines, read_stream
+from nmt.decoding import Decoding
 from nmt.errors import ConfigError, DataError
-from nmt.translator import Decoding, Translation, Translator
+from nmt.translator import Translation, Translator
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ import torch
 from conftest import files_config, toy_pairs, write_side
 from train_helpers import ROOT, compose_train, toy_overrides
 
-from nmt.errors import ConfigError
+from nmt.decoding import Decoding, load_checkpoint
+from nmt.errors import CheckpointError, ConfigError
 from nmt.translate import format_translation, translate_file
-from nmt.translator import CheckpointError, Decoding, Translator, load_checkpoint
+from nmt.translator import Translator
 
 
 @pytest.fixture(scope="module")
