@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,11 +59,22 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 @report_errors
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as configured (conf/train.yaml); print the final metrics as JSON."""
+    from nmt.checkpointing import Preempted
     from nmt.train import train as run_training
 
-    metrics = run_training(cfg)
+    try:
+        metrics = run_training(cfg)
+    except Preempted as e:
+        print(f"{e}\nresume with: python train.py {resume_command(e.path)}", file=sys.stderr)
+        sys.exit(128 + e.signum)  # the shell's convention for "ended by this signal"
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return metrics
+
+
+def resume_command(checkpoint: Path) -> str:
+    """This command line's overrides, pointed at the run directory of ``checkpoint``."""
+    kept = [a for a in sys.argv[1:] if not a.startswith(("run_dir=", "ckpt_path="))]
+    return shlex.join([*kept, f"run_dir={checkpoint.parent.parent}", "ckpt_path=last"])
 
 
 def train_main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import time
 from typing import Any
@@ -23,6 +24,8 @@ from nmt.decoding import Decoding, decode
 from nmt.errors import ConfigError
 from nmt.metrics import corpus_scores
 from nmt.model.seq2seq import Seq2Seq
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = ("none", "plateau", "inverse_sqrt", "cosine")
@@ -119,6 +122,8 @@ class TranslationModule(L.LightningModule):
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
         self._val_sums = torch.zeros(3)  # loss, nll, tokens
         self._fit_start: float | None = None
+        self._partial_noted = False
+        self.monitor = ("val/bleu", "max")  # what the plateau scheduler follows (set by train)
         self.scores: dict[str, Any] = {}  # the last corpus scores, with sacrebleu signatures
 
     # -- tokenizers in the checkpoint ----------------------------------------------------
@@ -239,10 +244,17 @@ class TranslationModule(L.LightningModule):
         by_index: dict[int, list[int]] = {}
         for indices, hyps in outputs:
             by_index.update(zip(indices, hyps, strict=True))
-        if len(by_index) != len(refs):
-            return  # a partial run (limit_val_batches, fast_dev_run): no corpus score
-        hyps = self.tgt_tokenizer.decode([by_index[i] for i in range(len(refs))])
-        scores = corpus_scores(hyps, refs, ("bleu", "chrf", "bleu_lc"))
+        decoded = sorted(by_index)
+        if len(decoded) < len(refs) and not self._partial_noted:
+            # limit_val_batches: the scores are those of the decoded part (the same part at
+            # every validation, since evaluation batches are not shuffled).
+            log.info("%s scores are computed on the %d of %d sentences decoded "
+                     "(limit_%s_batches)", prefix, len(decoded), len(refs), prefix)
+            self._partial_noted = True
+        if not decoded:
+            return
+        hyps = self.tgt_tokenizer.decode([by_index[i] for i in decoded])
+        scores = corpus_scores(hyps, [refs[i] for i in decoded], ("bleu", "chrf", "bleu_lc"))
         for name in ("bleu", "chrf", "bleu_lc"):
             self.log(f"{prefix}/{name}", scores[name], prog_bar=name == "bleu")
         if self._fit_start is not None and prefix == "val":
@@ -267,10 +279,10 @@ class TranslationModule(L.LightningModule):
             return optimizer
         if kind == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="max", factor=sched.get("factor", 0.5),
+                optimizer, mode=self.monitor[1], factor=sched.get("factor", 0.5),
                 patience=sched.get("patience", 2), min_lr=sched.get("min_lr", 0.0))
             return {"optimizer": optimizer, "lr_scheduler": {
-                "scheduler": scheduler, "monitor": "val/bleu", "interval": "epoch",
+                "scheduler": scheduler, "monitor": self.monitor[0], "interval": "epoch",
                 "strict": False}}
         warmup = int(sched.get("warmup_steps", 0))
         if kind == "inverse_sqrt":

@@ -11,28 +11,36 @@ import inspect
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
     TQDMProgressBar,
 )
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.checkpointing import LAST, AtomicCheckpointIO, ResumableCheckpoint
 from nmt.data.datamodule import NMTDataModule
-from nmt.errors import ConfigError
+from nmt.decoding import load_checkpoint
+from nmt.errors import CheckpointError, ConfigError
+from nmt.loggers import ContinuedCSVLogger, read_rows
 from nmt.module import TranslationModule
 
 log = logging.getLogger(__name__)
 
 TRAINER_KEYS = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
 # Set here from the rest of the config; not to be given in conf/trainer.
-MANAGED_TRAINER_KEYS = {"callbacks", "logger", "default_root_dir", "use_distributed_sampler"}
+MANAGED_TRAINER_KEYS = {"callbacks", "logger", "default_root_dir", "use_distributed_sampler",
+                        "plugins"}
 
 
 def plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -64,8 +72,21 @@ def check_trainer(trainer_cfg: dict[str, Any]) -> None:
                           "or the run directory instead")
 
 
-def resolve_ckpt_path(ckpt_path: str | None, name: str, run_dir: str | None) -> str | None:
-    """``last``: the newest last.ckpt of run_dir, or of runs/<name>/*/; a path must exist."""
+MONITORS = {"val/bleu": "max", "val/chrf": "max", "val/bleu_lc": "max", "val/loss": "min",
+            "val/ppl": "min"}
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A checkpoint to resume from, checked to be readable before anything else runs."""
+
+    path: str
+    global_step: int
+
+
+def resolve_ckpt_path(ckpt_path: str | None, name: str, run_dir: str | None) -> Resume | None:
+    """``last``: the newest last.ckpt of run_dir, or of runs/<name>/*/; a path must exist
+    and be a complete checkpoint of this toolkit."""
     if ckpt_path in (None, ""):
         return None
     if ckpt_path == "last":
@@ -75,13 +96,34 @@ def resolve_ckpt_path(ckpt_path: str | None, name: str, run_dir: str | None) -> 
         if not candidates:
             raise ConfigError(f"ckpt_path=last: no {pattern[0] / pattern[1]} to resume from; "
                               "give a checkpoint path instead")
-        return str(candidates[-1])
+        ckpt_path = str(candidates[-1])
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return ckpt_path
+    ckpt = load_checkpoint(ckpt_path)  # a truncated or foreign file: CheckpointError
+    if "loops" not in ckpt:
+        raise CheckpointError(f"{ckpt_path}: holds weights only (no training state) and "
+                              "cannot be resumed")
+    return Resume(ckpt_path, int(ckpt.get("global_step", 0)))
 
 
-def build(cfg: DictConfig, run_dir: Path) -> tuple[NMTDataModule, TranslationModule, L.Trainer]:
+def prepare_run_dir(run_dir: Path, config_yaml: str) -> None:
+    """Create the run directory and write config.yaml: an unwritable place fails here."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / ".config.yaml.tmp"
+        tmp.write_text(config_yaml)
+        tmp.replace(run_dir / "config.yaml")
+    except OSError as e:
+        raise ConfigError(f"run_dir={run_dir}: cannot write there "
+                          f"({e.strerror or type(e).__name__})") from None
+
+
+def validation_runs(trainer_cfg: dict[str, Any]) -> bool:
+    return trainer_cfg.get("limit_val_batches") not in (0, 0.0)
+
+
+def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
+          ) -> tuple[NMTDataModule, TranslationModule, L.Trainer]:
     """Check the config, prepare the data, and build the data module, model and trainer."""
     trainer_cfg = plain(cfg.trainer)
     check_trainer(trainer_cfg)
@@ -105,52 +147,106 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[NMTDataModule, TranslationMod
                                cfg.loss.label_smoothing, plain(cfg.validation),
                                plain(cfg.test_decoding), cfg.data.clean.get("max_len"))
     module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
-
-    cb = cfg.callbacks
-    callbacks: list[L.Callback] = [
-        # The first checkpoint callback is trainer.checkpoint_callback: the best by val/bleu.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/bleu", mode="max",
-                        save_top_k=cb.save_top_k, filename="best-epoch{epoch:02d}-step{step}",
-                        auto_insert_metric_name=False),  # no "=" in names: Hydra overrides
-        # last.ckpt, unmonitored so that it is also written before the first validation.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor=None, save_top_k=0,
-                        save_last=True, every_n_train_steps=cb.every_n_train_steps),
-        LearningRateMonitor(logging_interval="step"),
-    ]
-    if trainer_cfg.get("enable_progress_bar", True):
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
-    if cb.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor="val/bleu", mode="max",
-                                       patience=cb.early_stopping_patience, strict=False))
-    loggers = [CSVLogger(run_dir, name="logs", version=""),
-               TensorBoardLogger(run_dir, name="tensorboard", version="")]
+    loggers = make_loggers(run_dir, resume)
+    callbacks = make_callbacks(cfg, run_dir, trainer_cfg, module)
     try:
         trainer = L.Trainer(**trainer_cfg, callbacks=callbacks, logger=loggers,
-                            default_root_dir=run_dir, use_distributed_sampler=False)
+                            default_root_dir=run_dir, use_distributed_sampler=False,
+                            plugins=plugins(cfg))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"trainer: {e}") from None
     return dm, module, trainer
 
 
+def make_loggers(run_dir: Path, resume: Resume | None) -> list[Any]:
+    """CSV and TensorBoard logs in the run directory; a resumed run continues both."""
+    step = None if resume is None else resume.global_step
+    purge = {} if resume is None else {"purge_step": resume.global_step}
+    return [ContinuedCSVLogger(run_dir, name="logs", version="", resume_step=step),
+            TensorBoardLogger(run_dir, name="tensorboard", version="", **purge)]
+
+
+def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
+                   module: TranslationModule) -> list[L.Callback]:
+    cb = cfg.callbacks
+    if cb.monitor not in MONITORS:
+        raise ConfigError(f"callbacks.monitor: unknown metric {cb.monitor!r}; valid choices: "
+                          f"{', '.join(MONITORS)}")
+    try:
+        last = ResumableCheckpoint(run_dir / "checkpoints", cb.every_n_minutes,
+                                   cb.every_n_train_steps)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    callbacks: list[L.Callback] = [last, LearningRateMonitor(logging_interval="step")]
+    module.monitor = (cb.monitor, MONITORS[cb.monitor])
+    if validation_runs(trainer_cfg):
+        log.info("best checkpoint%s: by %s (%s)", "" if cb.early_stopping_patience is None
+                 else " and early stopping", cb.monitor, MONITORS[cb.monitor])
+        # Before last: trainer.checkpoint_callback is the first ModelCheckpoint.
+        callbacks.insert(0, ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", monitor=cb.monitor, mode=MONITORS[cb.monitor],
+            save_top_k=cb.save_top_k, filename="best-epoch{epoch:02d}-step{step}",
+            auto_insert_metric_name=False))  # no "=" in names: Hydra overrides
+        if cb.early_stopping_patience is not None:
+            callbacks.append(EarlyStopping(monitor=cb.monitor, mode=MONITORS[cb.monitor],
+                                           patience=cb.early_stopping_patience, strict=False))
+    else:
+        if (cfg.optim.get("scheduler") or {}).get("name") == "plateau":
+            raise ConfigError("optim.scheduler=plateau follows a validation metric, but "
+                              "validation is off (limit_val_batches=0); set "
+                              "optim.scheduler.name=none")
+        log.info("validation is off: no best checkpoint and no early stopping; "
+                 "checkpoints/last.ckpt is kept")
+    if trainer_cfg.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    for name, spec in (cb.get("extra") or {}).items():
+        try:
+            callbacks.append(instantiate(spec))
+        except InstantiationException as e:
+            raise ConfigError(f"callbacks.extra.{name}: {str(e).splitlines()[0]}") from None
+    return callbacks
+
+
+def plugins(cfg: DictConfig) -> list[Any]:
+    """Atomic checkpoint writes; under SLURM, Lightning's requeue on its signal."""
+    out: list[Any] = [AtomicCheckpointIO()]
+    if cfg.callbacks.slurm_auto_requeue and SLURMEnvironment.detect():
+        out.append(SLURMEnvironment(auto_requeue=True))
+    return out
+
+
+def validation_history(run_dir: Path) -> list[dict[str, float]]:
+    """Every validation of the run (resumes included), from logs/metrics.csv."""
+    history = []
+    for row in read_rows(run_dir / "logs" / "metrics.csv"):
+        values = {k: float(v) for k, v in row.items()
+                  if v not in ("", None) and (k.startswith("val/") or k in ("epoch", "step"))}
+        if any(k.startswith("val/") for k in values):
+            history.append(values)
+    return history
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume) as configured; return the final validation and test metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.name, cfg.run_dir)
+    resume = resolve_ckpt_path(cfg.ckpt_path, cfg.name, cfg.run_dir)
     run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    dm, module, trainer = build(cfg, run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    prepare_run_dir(run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    dm, module, trainer = build(cfg, run_dir, resume)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if cfg.test_after_training and "test" in dm.prepared.datasets and best:
-        for result in trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False):
+    scored = best or str(run_dir / "checkpoints" / LAST)
+    if cfg.test_after_training and "test" in dm.prepared.datasets and Path(scored).is_file():
+        for result in trainer.test(module, datamodule=dm, ckpt_path=scored, verbose=False):
             metrics.update({k: float(v) for k, v in result.items()})
     if trainer.is_global_zero:
         summary = {"run_dir": str(run_dir), "best_checkpoint": best, **metrics,
                    **{k: v for k, v in module.scores.items() if k.endswith("signature")},
-                   "test_decoding": plain(cfg.test_decoding)}
+                   "test_decoding": plain(cfg.test_decoding),
+                   "validations": validation_history(run_dir)}
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-        log.info("finished: %s", json.dumps(summary))
+        log.info("finished: %s", json.dumps({k: v for k, v in summary.items()
+                                             if k != "validations"}))
     return metrics

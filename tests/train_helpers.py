@@ -65,13 +65,13 @@ def fit_recorded(cfg, crash_at: int | None = None) -> tuple[IndexRecorder, L.Tra
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = run_dir_of(cfg)
-    dm, module, trainer = build(cfg, run_dir)
+    resume = resolve_ckpt_path(cfg.ckpt_path, cfg.name, cfg.run_dir)
+    dm, module, trainer = build(cfg, run_dir, resume)
     recorder = IndexRecorder()
     trainer.callbacks.append(recorder)
     if crash_at is not None:
         trainer.callbacks.append(Crash(crash_at))
-    trainer.fit(module, datamodule=dm,
-                ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg.name, cfg.run_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
     return recorder, trainer
 
 

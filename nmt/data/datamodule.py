@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from nmt.data.corpus import read_lines
@@ -77,9 +78,13 @@ class NMTDataModule(L.LightningDataModule):
         return trainer.world_size, trainer.global_rank
 
     def _loader(self, dataset: ParallelDataset, sampler: TokenBatchSampler) -> DataLoader:
+        # Its own generator: a DataLoader otherwise draws its workers' base seed from the
+        # global RNG each time it is iterated, and a run resumed at an epoch boundary
+        # would then draw different dropout masks than one that never stopped.
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def dataset(self, split: str) -> ParallelDataset:
         if self.prepared is None:
