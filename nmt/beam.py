@@ -65,7 +65,7 @@ def beam_search(model: SearchModel, src: torch.Tensor, src_lengths: torch.Tensor
     return results
 
 
-Finished = list[tuple[float, list[int], torch.Tensor | None]]  # (score, tokens, attention)
+_Finished = list[tuple[float, list[int], torch.Tensor | None]]  # (score, tokens, attention)
 
 
 class _Sentences(NamedTuple):
@@ -150,9 +150,9 @@ class _Live(NamedTuple):
 
 
 def _beam(model: SearchModel, src: torch.Tensor, src_lengths: torch.Tensor, d: Decoding,
-          return_attention: bool) -> list[Finished]:
+          return_attention: bool) -> list[_Finished]:
     """The search itself: per sentence, its finished hypotheses, unsorted."""
-    finished: list[Finished] = [[] for _ in range(src.size(0))]
+    finished: list[_Finished] = [[] for _ in range(src.size(0))]
     src_lens = src_lengths.tolist()
     enc = model.encode(src, src_lengths)
     sents = _Sentences.start(src_lengths.to(src.device), d)
@@ -176,7 +176,7 @@ def _beam(model: SearchModel, src: torch.Tensor, src_lengths: torch.Tensor, d: D
             if keep.numel() == 0:
                 return finished
             sents, live = sents.select(keep), live.select(keep)
-        elif live.scores.size(1) != beam.width:  # the first step: 1 row per sentence -> K
+        elif live.scores.size(1) != beam.width:  # the first step (1 row -> K) or a tiny V
             keep = torch.arange(done.numel(), device=done.device)
         if keep is not None:  # every row of a sentence holds the same encoder output
             rows = (keep * beam.width).repeat_interleave(live.scores.size(1))  # (b'*K,)
@@ -196,7 +196,7 @@ def _candidates(scores: torch.Tensor, lprobs: torch.Tensor, k: int) -> _Candidat
 
 
 def _harvest(cand: _Candidates, beam: _Beam, sents: _Sentences, step: int, d: Decoding,
-             src_lens: list[int], finished: list[Finished]) -> _Sentences:
+             src_lens: list[int], finished: list[_Finished]) -> _Sentences:
     """Finish the candidates ending in EOS among each sentence's K best: append them to
     ``finished`` and count them. Their slots are refilled from the next best."""
     k = d.beam_size

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_search import HAND, TableModel, TinyModel, table_batch
+from test_search import HAND, PlainModel, TableModel, TinyModel, table_batch
 
 from nmt.beam import beam_search
 from nmt.data.dataset import Batch
@@ -165,3 +165,9 @@ def test_decode_takes_a_training_batch(tiny, sources):
     training = Batch(src, lengths, empty, empty, torch.arange(5))
     d = Decoding(beam_size=2)
     assert same(decode(tiny, training, d, True), decode(tiny, SourceBatch(src, lengths), d, True))
+
+
+def test_decode_needs_only_the_protocol():
+    src, lengths = table_batch([1, 0], [3, 3])
+    hyps = decode(PlainModel(), SourceBatch(src, lengths), Decoding(beam_size=2, alpha=0.0))
+    assert [[h.tokens for h in hs] for hs in hyps] == [[[5]], [[4]]]  # SWAPPED: B; HAND: A

@@ -255,6 +255,62 @@ def test_tiny_vocabulary_gives_what_exists():
     assert_same(hyps, [(math.log(0.45), (A,)), (math.log(0.1), ())])
 
 
+# -- a model that is nothing but the protocol ------------------------------------------------
+
+SWAPPED = table_from_probs({  # HAND with A and B exchanged
+    BOS_ID: {B: 0.5, A: 0.4, EOS_ID: 0.1},
+    B: {B: 0.3, A: 0.1, EOS_ID: 0.6},
+    A: {B: 0.2, A: 0.7, EOS_ID: 0.1},
+})
+
+
+class PlainModel:
+    """The five methods of SearchModel and nothing else: no nn.Module, no parameters, and
+    an encoder output and a state that are plain lists, which search must only pass back.
+
+    Sources starting with 0 decode with HAND, with 1 with SWAPPED. Each state row keeps
+    its table and the tokens read, so a step can check that the encoder output and the
+    state were reordered together.
+    """
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> list[int]:
+        return src[:, 0].tolist()  # the table of each row
+
+    def init_state(self, enc: list[int]) -> list[tuple[int, tuple[int, ...]]]:
+        return [(which, ()) for which in enc]
+
+    def step(self, prev: torch.Tensor, state: list, enc: list[int]):
+        tokens = prev.tolist()
+        assert [which for which, _ in state] == enc  # reordered together
+        assert all((tok == BOS_ID) == (not read)  # BOS is read first, and only then
+                   for (_, read), tok in zip(state, tokens, strict=True))
+        logits = torch.stack([(HAND, SWAPPED)[which][0, 0, tok]
+                              for which, tok in zip(enc, tokens, strict=True)])  # (b, V)
+        new = [(which, (*read, tok)) for (which, read), tok in zip(state, tokens, strict=True)]
+        return logits, new, None  # no attention
+
+    def reorder_encoder(self, enc: list[int], index: torch.Tensor) -> list[int]:
+        return [enc[i] for i in index.tolist()]
+
+    def reorder_state(self, state: list, index: torch.Tensor) -> list:
+        return [state[i] for i in index.tolist()]
+
+
+def test_search_needs_only_the_protocol():
+    src, lengths = table_batch([0, 1], [3, 3])
+    model = PlainModel()
+    greedy = greedy_search(model, src, lengths, Decoding(), return_attention=True)
+    assert [[(h.tokens, h.attention) for h in hs] for hs in greedy] == [[([A], None)],
+                                                                         [([B], None)]]
+    assert [hs[0].score for hs in greedy] == pytest.approx([math.log(0.3)] * 2)
+    # As test_beam_by_hand, for both sentences in one batch: rows leave and are reordered.
+    beam = beam_search(model, src, lengths, Decoding(beam_size=2, alpha=0.0, n_best=2),
+                       return_attention=True)
+    assert_same(beam[0], [(math.log(0.3), (A,)), (math.log(0.09), (A, A))])
+    assert_same(beam[1], [(math.log(0.3), (B,)), (math.log(0.09), (B, B))])
+    assert all(h.attention is None for hs in beam for h in hs)
+
+
 # -- properties on a small random model --------------------------------------------------------
 
 
