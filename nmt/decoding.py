@@ -9,6 +9,7 @@ import math
 import numbers
 import os
 import pickle
+import typing
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,20 +67,19 @@ class Decoding:
 def _type_problems(d: Decoding) -> list[str]:
     """Values of the wrong kind (a string from a config, a float count), before comparing."""
     problems = []
-    for field in dataclasses.fields(d):
-        value = getattr(d, field.name)
-        kind = str(field.type)  # the annotation as written: "int", "float", "int | None"
-        if value is None and kind.endswith("| None"):
+    for name, kind in typing.get_type_hints(Decoding).items():
+        value = getattr(d, name)
+        if value is None and kind == int | None:
             continue
-        if kind == "bool":
+        if kind is bool:
             if not isinstance(value, bool):
-                problems.append(f"{field.name} must be true or false, got {value!r}")
+                problems.append(f"{name} must be true or false, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-            problems.append(f"{field.name} must be a number, got {value!r}")
-        elif kind.startswith("int") and not isinstance(value, numbers.Integral):
-            problems.append(f"{field.name} must be an integer, got {value!r}")
+            problems.append(f"{name} must be a number, got {value!r}")
+        elif kind is not float and not isinstance(value, numbers.Integral):
+            problems.append(f"{name} must be an integer, got {value!r}")
         elif not math.isfinite(value):
-            problems.append(f"{field.name} must be finite, got {value!r}")
+            problems.append(f"{name} must be finite, got {value!r}")
     return problems
 
 
