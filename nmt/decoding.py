@@ -5,28 +5,41 @@ batch, and checkpoint loading. Training validation, the translator and every too
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import pickle
+import typing
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
+from nmt.beam import beam_search
 from nmt.errors import CheckpointError, ConfigError
-from nmt.model import Seq2Seq
-from nmt.search import Hypothesis, beam_search, greedy_search, sample
+from nmt.search import Hypothesis, SearchModel, greedy_search, sample
 
 
 @dataclass(frozen=True)
 class Decoding:
-    """How to decode: beam_size 1 is greedy; ``sampling`` draws instead of searching."""
+    """How to decode; the one place these options are checked (search trusts them).
+
+    ``beam_size`` 1 with ``n_best`` 1 is greedy search; ``sampling`` draws one output per
+    sentence instead of searching (``beam_size``, ``alpha``, ``n_best`` are then unused).
+    Output lengths count the EOS: at most ``int(max_len_a * source_length + max_len_b)``
+    tokens, and at most ``max_len`` when it is set (None: no cap). ``max_len`` is for a
+    source whose length says nothing about the output's, such as an image encoder's
+    feature grid: the cap holds whatever the source length is. ``min_len`` forbids EOS
+    before that many tokens; the length limit wins over it.
+    """
 
     beam_size: int = 5
     alpha: float = 0.6
     max_len_a: float = 1.5
     max_len_b: int = 10
+    max_len: int | None = None
     min_len: int = 0
     n_best: int = 1
     sampling: bool = False
@@ -35,20 +48,7 @@ class Decoding:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.beam_size < 1:
-            problems.append(f"beam_size must be >= 1, got {self.beam_size}")
-        if not 1 <= self.n_best <= self.beam_size and not self.sampling:
-            problems.append(f"n_best must be between 1 and beam_size ({self.beam_size}), "
-                            f"got {self.n_best}")
-        if self.min_len < 0:
-            problems.append(f"min_len must be >= 0, got {self.min_len}")
-        if self.max_len_a < 0 or self.max_len_b < 0 or self.max_len_a == self.max_len_b == 0:
-            problems.append("max_len_a and max_len_b must be >= 0 and not both 0")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
+        problems = _type_problems(self) or _value_problems(self)
         if problems:
             raise ConfigError("decoding: " + "; ".join(problems))
 
@@ -62,6 +62,47 @@ class Decoding:
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
         return cls(**values)
+
+
+def _type_problems(d: Decoding) -> list[str]:
+    """Values of the wrong kind (a string from a config, a float count), before comparing."""
+    problems = []
+    for name, kind in typing.get_type_hints(Decoding).items():
+        value = getattr(d, name)
+        if value is None and kind == int | None:
+            continue
+        if kind is bool:
+            if not isinstance(value, bool):
+                problems.append(f"{name} must be true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+            problems.append(f"{name} must be a number, got {value!r}")
+        elif kind is not float and not isinstance(value, numbers.Integral):
+            problems.append(f"{name} must be an integer, got {value!r}")
+        elif not math.isfinite(value):
+            problems.append(f"{name} must be finite, got {value!r}")
+    return problems
+
+
+def _value_problems(d: Decoding) -> list[str]:
+    problems = []
+    if d.beam_size < 1:
+        problems.append(f"beam_size must be >= 1, got {d.beam_size}")
+    elif not 1 <= d.n_best <= d.beam_size and not d.sampling:
+        problems.append(f"n_best must be between 1 and beam_size ({d.beam_size}), "
+                        f"got {d.n_best}")
+    if d.min_len < 0:
+        problems.append(f"min_len must be >= 0, got {d.min_len}")
+    if d.max_len_a < 0 or d.max_len_b < 0 or d.max_len_a == d.max_len_b == 0:
+        problems.append("max_len_a and max_len_b must be >= 0 and not both 0 (the limit counts "
+                        f"the EOS), got {d.max_len_a} and {d.max_len_b}")
+    if d.max_len is not None and d.max_len < 1:
+        problems.append("max_len must be >= 1 (it counts the EOS) or None (no cap), "
+                        f"got {d.max_len}")
+    if d.temperature <= 0:
+        problems.append(f"temperature must be > 0, got {d.temperature}")
+    if d.top_k < 0:
+        problems.append(f"top_k must be >= 0 (0: the full distribution), got {d.top_k}")
+    return problems
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
@@ -85,17 +126,33 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     return ckpt
 
 
+class HasSource(Protocol):
+    """What ``decode`` reads from a batch: nmt.data.dataset.Batch and ``SourceBatch`` fit."""
 
-def decode(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, d: Decoding,
+    @property
+    def src(self) -> torch.Tensor: ...  # (B, S) ids ending in EOS, right-padded
+
+    @property
+    def src_lengths(self) -> torch.Tensor: ...  # (B,) EOS included
+
+
+class SourceBatch(NamedTuple):
+    """Sources alone, for inference callers that have no targets."""
+
+    src: torch.Tensor  # (B, S) ids ending in EOS, right-padded
+    src_lengths: torch.Tensor  # (B,) EOS included
+
+
+def decode(model: SearchModel, batch: HasSource, decoding: Decoding,
            return_attention: bool = False, generator: torch.Generator | None = None
            ) -> list[list[Hypothesis]]:
-    """Run the search ``d`` asks for on one batch: translation and validation share this."""
-    lengths = {"max_len_a": d.max_len_a, "max_len_b": d.max_len_b, "min_len": d.min_len}
-    if d.sampling:
-        return sample(model, src, src_lengths, temperature=d.temperature, top_k=d.top_k,
-                      generator=generator, return_attention=return_attention, **lengths)
-    if d.beam_size == 1 and d.n_best == 1:
-        return greedy_search(model, src, src_lengths, return_attention=return_attention,
-                             **lengths)
-    return beam_search(model, src, src_lengths, beam_size=d.beam_size, alpha=d.alpha,
-                       n_best=d.n_best, return_attention=return_attention, **lengths)
+    """Run the search ``decoding`` asks for on one batch: translation and validation share
+    this. ``generator`` (on the model's device) only serves sampling."""
+    src, src_lengths = batch.src, batch.src_lengths
+    if decoding.sampling:
+        return sample(model, src, src_lengths, decoding, generator=generator,
+                      return_attention=return_attention)
+    if decoding.beam_size == 1 and decoding.n_best == 1:
+        return greedy_search(model, src, src_lengths, decoding,
+                             return_attention=return_attention)
+    return beam_search(model, src, src_lengths, decoding, return_attention=return_attention)

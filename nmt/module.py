@@ -212,13 +212,12 @@ class TranslationModule(L.LightningModule):
                                                  self.hparams.label_smoothing)
         self._val_sums += torch.stack([loss.detach(), nll.detach(), n_tokens.float()])
         settings = self.hparams.test_decoding if self.trainer.testing else self.hparams.validation
-        hyps = self.decode(batch.src, batch.src_lengths, **settings)
+        hyps = self.best_token_ids(batch, **settings)
         self._val_outputs.append((batch.indices.tolist(), hyps))
 
-    def decode(self, src: torch.Tensor, src_lengths: torch.Tensor, **settings: Any
-               ) -> list[list[int]]:
+    def best_token_ids(self, batch: Batch, **settings: Any) -> list[list[int]]:
         """Best hypothesis' token ids for each sentence (greedy when beam_size is 1)."""
-        results = decode(self.model, src, src_lengths, Decoding(**settings))
+        results = decode(self.model, batch, Decoding(**settings))
         return [list(r[0].tokens) for r in results]
 
     def _eval_end(self, prefix: str, split: str) -> None:

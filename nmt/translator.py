@@ -28,7 +28,7 @@ import torch
 from nmt.data.dataset import collate
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.tokenizer import PAD_ID, Tokenizer
-from nmt.decoding import Decoding, decode, load_checkpoint
+from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
 from nmt.errors import CheckpointError, ConfigError, TokenizerError
 from nmt.model import Seq2Seq
 from nmt.search import Hypothesis
@@ -165,9 +165,9 @@ class Translator:
                 examples = [(j, np.asarray(ids[j], dtype=np.int64), np.zeros(0, np.int64))
                             for j in batch_idx]
                 batch = collate(examples)
-                return batch_idx, decode(self.model, batch.src.to(self.device),
-                                         batch.src_lengths.to(self.device), decoding,
-                                         return_attention, generator)
+                sources = SourceBatch(batch.src.to(self.device), batch.src_lengths.to(self.device))
+                return batch_idx, decode(self.model, sources, decoding, return_attention,
+                                         generator)
 
             # Sampling draws from one generator: one batch at a time, in a fixed order.
             workers = 1 if decoding.sampling else self.workers

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.beam import beam_search
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from nmt.decoding import Decoding
+from nmt.errors import ConfigError
 from nmt.search import (
     Hypothesis,
-    beam_search,
     greedy_search,
     length_penalty,
     max_lengths,
@@ -182,29 +184,32 @@ def test_beam_by_hand():
     # ba .08; aEOS is among the first 2 and finishes, bb and aa go on. Step 2: bbb .196,
     # aaEOS .09, bba .056, aaa .045: aaEOS finishes; 2 finished, the sentence is done.
     src, lengths = table_batch([0], [3])
-    [hyps] = beam_search(TableModel(HAND), src, lengths, beam_size=2, alpha=0.0, n_best=2)
+    [hyps] = beam_search(TableModel(HAND), src, lengths,
+                         Decoding(beam_size=2, alpha=0.0, n_best=2))
     assert_same(hyps, [(math.log(0.3), (A,)), (math.log(0.09), (A, A))])
     # With alpha=1 the order of events is the same; scores are divided by (5 + len) / 6,
     # len counting EOS.
-    [hyps] = beam_search(TableModel(HAND), src, lengths, beam_size=2, alpha=1.0, n_best=2)
+    [hyps] = beam_search(TableModel(HAND), src, lengths,
+                         Decoding(beam_size=2, alpha=1.0, n_best=2))
     assert_same(hyps, [(math.log(0.3) / (7 / 6), (A,)), (math.log(0.09) / (8 / 6), (A, A))])
 
 
 def test_greedy_by_hand_with_min_and_max_length():
     src, lengths = table_batch([0], [3])
     model = TableModel(HAND)
-    [[hyp]] = greedy_search(model, src, lengths)
+    [[hyp]] = greedy_search(model, src, lengths, Decoding())
     assert (hyp.tokens, hyp.score) == ([A], pytest.approx(math.log(0.5 * 0.6)))
     # EOS forbidden at steps 0 and 1: a, then a (.3, EOS .6 being forbidden), then EOS.
-    [[hyp]] = greedy_search(model, src, lengths, min_len=2)
+    [[hyp]] = greedy_search(model, src, lengths, Decoding(min_len=2))
     assert (hyp.tokens, hyp.score) == ([A, A], pytest.approx(math.log(0.5 * 0.3 * 0.6)))
     # A limit of 3 tokens, EOS included, beats min_len=5: EOS is forced at step 2 and
     # scored with the model's own log-probability of EOS there.
-    [[hyp]] = greedy_search(model, src, lengths, min_len=5, max_len_a=0, max_len_b=3)
+    [[hyp]] = greedy_search(model, src, lengths,
+                              Decoding(min_len=5, max_len_a=0, max_len_b=3))
     assert (hyp.tokens, hyp.score) == ([A, A], pytest.approx(math.log(0.5 * 0.3 * 0.6)))
     # Beam (K=2): bb .28 and aa .15 live after step 1, then both must end: aa EOS .09 wins.
-    [[hyp]] = beam_search(model, src, lengths, beam_size=2, alpha=0.0, min_len=5,
-                          max_len_a=0, max_len_b=3)
+    [[hyp]] = beam_search(model, src, lengths, Decoding(beam_size=2, alpha=0.0, min_len=5,
+                                                          max_len_a=0, max_len_b=3))
     assert (hyp.tokens, hyp.score) == ([A, A], pytest.approx(math.log(0.5 * 0.3 * 0.6)))
 
 
@@ -217,8 +222,9 @@ def test_wide_beam_equals_brute_force(alpha, min_len, n_best):
     # best of the 40 possible outputs.
     model = TableModel(random_table(3, 4, seed=11))
     src, lengths = table_batch([0, 1, 2], [3, 3, 3])
-    results = beam_search(model, src, lengths, beam_size=36, alpha=alpha, max_len_a=0,
-                          max_len_b=4, min_len=min_len, n_best=n_best)
+    decoding = Decoding(beam_size=36, alpha=alpha, max_len_a=0, max_len_b=4, min_len=min_len,
+                        n_best=n_best)
+    results = beam_search(model, src, lengths, decoding)
     for which, hyps in enumerate(results):
         assert_same(hyps, brute_force(model, which, 4, min_len, alpha)[:n_best])
 
@@ -232,8 +238,9 @@ def test_narrow_beam_equals_reference(k, alpha, min_len, n_best):
     model = TableModel(random_table(6, 8, seed=k))
     lengths = [5, 2, 8, 3, 6, 2]
     src, src_lengths = table_batch(list(range(6)), lengths)
-    results = beam_search(model, src, src_lengths, beam_size=k, alpha=alpha, max_len_a=1,
-                          max_len_b=0, min_len=min_len, n_best=n_best)
+    decoding = Decoding(beam_size=k, alpha=alpha, max_len_a=1, max_len_b=0, min_len=min_len,
+                        n_best=n_best)
+    results = beam_search(model, src, src_lengths, decoding)
     for which, hyps in enumerate(results):
         expected = reference_beam(model, which, lengths[which], min_len, alpha, k, n_best)
         assert_same(hyps, expected)
@@ -243,9 +250,65 @@ def test_tiny_vocabulary_gives_what_exists():
     # One real token and a limit of 2: only [] and [a] exist, fewer than n_best=3.
     table = table_from_probs({BOS_ID: {A: 0.9, EOS_ID: 0.1}, A: {A: 0.5, EOS_ID: 0.5}})
     src, lengths = table_batch([0], [2])
-    [hyps] = beam_search(TableModel(table), src, lengths, beam_size=4, alpha=0.0, n_best=3,
-                         max_len_a=0, max_len_b=2)
+    [hyps] = beam_search(TableModel(table), src, lengths, Decoding(
+        beam_size=4, alpha=0.0, n_best=3, max_len_a=0, max_len_b=2))
     assert_same(hyps, [(math.log(0.45), (A,)), (math.log(0.1), ())])
+
+
+# -- a model that is nothing but the protocol ------------------------------------------------
+
+SWAPPED = table_from_probs({  # HAND with A and B exchanged
+    BOS_ID: {B: 0.5, A: 0.4, EOS_ID: 0.1},
+    B: {B: 0.3, A: 0.1, EOS_ID: 0.6},
+    A: {B: 0.2, A: 0.7, EOS_ID: 0.1},
+})
+
+
+class PlainModel:
+    """The five methods of SearchModel and nothing else: no nn.Module, no parameters, and
+    an encoder output and a state that are plain lists, which search must only pass back.
+
+    Sources starting with 0 decode with HAND, with 1 with SWAPPED. Each state row keeps
+    its table and the tokens read, so a step can check that the encoder output and the
+    state were reordered together.
+    """
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> list[int]:
+        return src[:, 0].tolist()  # the table of each row
+
+    def init_state(self, enc: list[int]) -> list[tuple[int, tuple[int, ...]]]:
+        return [(which, ()) for which in enc]
+
+    def step(self, prev: torch.Tensor, state: list, enc: list[int]):
+        tokens = prev.tolist()
+        assert [which for which, _ in state] == enc  # reordered together
+        assert all((tok == BOS_ID) == (not read)  # BOS is read first, and only then
+                   for (_, read), tok in zip(state, tokens, strict=True))
+        logits = torch.stack([(HAND, SWAPPED)[which][0, 0, tok]
+                              for which, tok in zip(enc, tokens, strict=True)])  # (b, V)
+        new = [(which, (*read, tok)) for (which, read), tok in zip(state, tokens, strict=True)]
+        return logits, new, None  # no attention
+
+    def reorder_encoder(self, enc: list[int], index: torch.Tensor) -> list[int]:
+        return [enc[i] for i in index.tolist()]
+
+    def reorder_state(self, state: list, index: torch.Tensor) -> list:
+        return [state[i] for i in index.tolist()]
+
+
+def test_search_needs_only_the_protocol():
+    src, lengths = table_batch([0, 1], [3, 3])
+    model = PlainModel()
+    greedy = greedy_search(model, src, lengths, Decoding(), return_attention=True)
+    assert [[(h.tokens, h.attention) for h in hs] for hs in greedy] == [[([A], None)],
+                                                                         [([B], None)]]
+    assert [hs[0].score for hs in greedy] == pytest.approx([math.log(0.3)] * 2)
+    # As test_beam_by_hand, for both sentences in one batch: rows leave and are reordered.
+    beam = beam_search(model, src, lengths, Decoding(beam_size=2, alpha=0.0, n_best=2),
+                       return_attention=True)
+    assert_same(beam[0], [(math.log(0.3), (A,)), (math.log(0.09), (A, A))])
+    assert_same(beam[1], [(math.log(0.3), (B,)), (math.log(0.09), (B, B))])
+    assert all(h.attention is None for hs in beam for h in hs)
 
 
 # -- properties on a small random model --------------------------------------------------------
@@ -343,10 +406,13 @@ def generator(seed: int = 1) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-SEARCHES = {
-    "greedy": lambda m, s, n, **kw: greedy_search(m, s, n, **kw),
-    "beam": lambda m, s, n, **kw: beam_search(m, s, n, beam_size=4, n_best=3, **kw),
-    "sample": lambda m, s, n, **kw: sample(m, s, n, generator=generator(), **kw),
+SEARCHES = {  # options as keywords, as for a Decoding
+    "greedy": lambda m, s, n, return_attention=False, **kw: greedy_search(
+        m, s, n, Decoding(**kw), return_attention=return_attention),
+    "beam": lambda m, s, n, return_attention=False, **kw: beam_search(
+        m, s, n, Decoding(beam_size=4, n_best=3, **kw), return_attention=return_attention),
+    "sample": lambda m, s, n, return_attention=False, **kw: sample(
+        m, s, n, Decoding(**kw), generator=generator(), return_attention=return_attention),
 }
 
 
@@ -378,17 +444,17 @@ def test_hypotheses_are_well_formed(model, batch, name, max_len_a, max_len_b, mi
 def test_limits_and_eos_are_both_exercised(model, batch):
     # Guards the test model: with these limits some outputs end by themselves, some are cut.
     src, lengths = batch
-    hyps = [h for hs in beam_search(model, src, lengths, beam_size=4, n_best=4, max_len_a=0.5,
-                                    max_len_b=3) for h in hs]
+    hyps = [h for hs in beam_search(model, src, lengths, Decoding(
+        beam_size=4, n_best=4, max_len_a=0.5, max_len_b=3)) for h in hs]
     limits = [int(0.5 * int(n) + 3) for n in lengths for _ in range(4)]
     cut = [len(h.tokens) == limit - 1 for h, limit in zip(hyps, limits, strict=True)]
     assert any(cut) and not all(cut)
 
 
 def test_beam_one_equals_greedy(model, batch):
-    greedy = greedy_search(model, *batch)
+    greedy = greedy_search(model, *batch, Decoding())
     for alpha in (0.0, 0.6):
-        beam = beam_search(model, *batch, beam_size=1, alpha=alpha)
+        beam = beam_search(model, *batch, Decoding(beam_size=1, alpha=alpha))
         for [g], [b] in zip(greedy, beam, strict=True):
             assert b.tokens == g.tokens
             assert b.score == pytest.approx(g.score / length_penalty(len(g.tokens) + 1, alpha),
@@ -432,9 +498,9 @@ def test_done_sentences_leave_the_batch(model, batch, name):
 def test_early_stop_keeps_the_best(model, batch):
     # With n_best=1 a sentence may stop before it has K finished hypotheses, only when no
     # live one can beat the best: the answer is the same as the full list's first.
-    full = beam_search(model, *batch, beam_size=5, n_best=5, alpha=0.6)
+    full = beam_search(model, *batch, Decoding(beam_size=5, n_best=5, alpha=0.6))
     model.steps.clear()
-    best = beam_search(model, *batch, beam_size=5, n_best=1, alpha=0.6)
+    best = beam_search(model, *batch, Decoding(beam_size=5, n_best=1, alpha=0.6))
     assert [b[0].tokens for b in best] == [f[0].tokens for f in full]
     assert [b[0].score for b in best] == pytest.approx([f[0].score for f in full])
 
@@ -455,11 +521,12 @@ def test_max_lengths_count_eos():
 
 def test_sampling_is_reproducible(model, batch):
     def draw(seed: int, **kwargs: Any) -> list[list[int]]:
-        return [h[0].tokens for h in sample(model, *batch, generator=generator(seed), **kwargs)]
+        hyps = sample(model, *batch, Decoding(**kwargs), generator=generator(seed))
+        return [h[0].tokens for h in hyps]
 
     assert draw(1) == draw(1)
     assert draw(1) != draw(2)
-    greedy = [h[0].tokens for h in greedy_search(model, *batch)]
+    greedy = [h[0].tokens for h in greedy_search(model, *batch, Decoding())]
     assert draw(3, top_k=1) == greedy
     assert draw(3, temperature=1e-3) == greedy  # a cold distribution is the argmax
 
@@ -481,8 +548,9 @@ def test_sampling_follows_the_distribution(model, batch, temperature, top_k):
     expected = scores.softmax(-1)
 
     n = 2000
-    hyps = sample(model, src[:1].expand(n, -1), lengths[:1].expand(n), temperature=temperature,
-                  top_k=top_k, max_len_a=0, max_len_b=2, generator=generator(7))
+    hyps = sample(model, src[:1].expand(n, -1), lengths[:1].expand(n),
+                  Decoding(temperature=temperature, top_k=top_k, max_len_a=0, max_len_b=2),
+                  generator=generator(7))
     first = torch.tensor([h[0].tokens[0] if h[0].tokens else EOS_ID for h in hyps])
     freq = torch.bincount(first, minlength=expected.numel()).float() / n
     assert set(first.tolist()) <= set(expected.nonzero().squeeze(1).tolist())
@@ -506,5 +574,6 @@ def test_sampling_follows_the_distribution(model, batch, temperature, top_k):
     (beam_search, {"max_len_a": -1.0}, "max_len_a and max_len_b must be >= 0"),
 ])
 def test_bad_arguments(model, batch, search, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        search(model, *batch, **kwargs)
+    # The options are checked once, by Decoding: a search never gets bad ones.
+    with pytest.raises(ConfigError, match=match):
+        search(model, *batch, Decoding(**kwargs))

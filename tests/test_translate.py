@@ -85,8 +85,8 @@ def test_failing_batch_stops_parallel_decoding_and_restores_threads(translator, 
 
     calls = []
 
-    def failing(model, src, *args, **kwargs):
-        calls.append(src.size(0))
+    def failing(model, batch, *args, **kwargs):
+        calls.append(batch.src.size(0))
         raise RuntimeError("boom")
 
     monkeypatch.setattr(module, "decode", failing)
