@@ -164,8 +164,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint"
                  if k.startswith(prefix)}
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        detail = " ".join(str(e).split())  # load_state_dict's first line says little
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
         raise CheckpointError(f"{source}: the checkpoint does not fit this toolkit's model "
-                              f"({str(e).strip().splitlines()[0]})") from None
+                              f"({detail})") from None
     return model
 
 
