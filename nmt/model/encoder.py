@@ -29,7 +29,9 @@ class Encoder(nn.Module):
       or a tuple of (B, M) tensors, one per part of the decoder state (LSTM's (h, c)).
       A single tensor serves every part (e.g. the mean of an image's regions).
 
-    Subclasses set ``output_size`` (int, M) in ``__init__``.
+    Subclasses set ``output_size`` (int, M) in ``__init__``. Seq2Seq initialises every
+    nn.Embedding of the model, the encoder's included (N(0, 1/dim), padding row zero);
+    other weights are the encoder's own business (e.g. pretrained CNN weights).
     """
 
     output_size: int
