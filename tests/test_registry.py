@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import io
 import itertools
 import subprocess
 import sys
@@ -187,8 +188,6 @@ def test_an_encoder_without_token_embeddings_refuses_tie_src_tgt(registries):
 
 def checkpoint_of(model, record: bool = True) -> dict:
     """What a Lightning checkpoint holds of the model, through torch.save/load."""
-    import io
-
     ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
             "hyper_parameters": {"model": {"cell": "unused"}, "src_vocab_size": 1,
                                  "tgt_vocab_size": 1}}
