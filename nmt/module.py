@@ -23,7 +23,7 @@ from nmt.data.tokenizer import PAD_ID, Tokenizer
 from nmt.decoding import Decoding, decode
 from nmt.errors import ConfigError
 from nmt.metrics import corpus_scores
-from nmt.model.seq2seq import Seq2Seq
+from nmt.model.registry import build_model, model_record, upgrade_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class TranslationModule(L.LightningModule):
         check_optim(optim)
         self.save_hyperparameters()
         try:
-            self.model = Seq2Seq(src_vocab_size, tgt_vocab_size, pad_id=PAD_ID, **model)
+            self.model = build_model(model, src_vocab_size, tgt_vocab_size, PAD_ID)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"model: {e}") from None
         self.src_spm: bytes | None = None
@@ -139,8 +139,10 @@ class TranslationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokenizers"] = {"src": self.src_spm, "tgt": self.tgt_spm}
+        checkpoint["model_record"] = model_record(self.model)  # rebuilt with no config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_checkpoint(checkpoint, self.model)  # one from before model records: resumable
         tokenizers = checkpoint.get("tokenizers") or {}
         self.src_spm, self.tgt_spm = tokenizers.get("src"), tokenizers.get("tgt")
 

@@ -27,10 +27,10 @@ import torch
 
 from nmt.data.dataset import collate
 from nmt.data.sampler import TokenBatchSampler
-from nmt.data.tokenizer import PAD_ID, Tokenizer
+from nmt.data.tokenizer import Tokenizer
 from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
 from nmt.errors import CheckpointError, ConfigError, TokenizerError
-from nmt.model import Seq2Seq
+from nmt.model import Seq2Seq, model_from_checkpoint
 from nmt.search import Hypothesis
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,8 @@ class Translator:
                         ) -> Translator:
         ckpt = load_checkpoint(path, "cpu")
         hp = ckpt["hyper_parameters"]
+        model = model_from_checkpoint(ckpt, str(path))  # CheckpointError naming the file
         try:
-            model = Seq2Seq(hp["src_vocab_size"], hp["tgt_vocab_size"], pad_id=PAD_ID,
-                            **hp["model"])
-            prefix = "model."
-            state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items()
-                     if k.startswith(prefix)}
-            model.load_state_dict(state)
             src = Tokenizer(ckpt["tokenizers"]["src"])
             tgt = Tokenizer(ckpt["tokenizers"]["tgt"])
         except (KeyError, TypeError, ValueError, RuntimeError, TokenizerError) as e:

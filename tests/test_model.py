@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from nmt.data.dataset import collate
-from nmt.model import Seq2Seq
-from nmt.model.attention import ATTENTION_CHOICES, ATTENTIONS, build_attention
+from nmt.model import Seq2Seq, build_model
+from nmt.model.attention import ATTENTIONS, attention_choices, build_attention
 from nmt.model.encoder import sequence_mask
 from nmt.module import label_smoothed_nll
 
 V = 23
 CELLS = ("rnn", "gru", "lstm")
 SMALL = {"emb_size": 8, "encoder_hidden": 6, "decoder_hidden": 12, "dropout": 0.0}
+ATTENTION_CHOICES = attention_choices()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,9 +32,9 @@ def toy_batch(seed: int = 0):
     return src, lengths, tgt
 
 
-def make(**kwargs) -> Seq2Seq:
+def make(pad_id: int = 0, **kwargs) -> Seq2Seq:
     torch.manual_seed(0)
-    return Seq2Seq(V, V, **{**SMALL, **kwargs})
+    return build_model({**SMALL, **kwargs}, V, V, pad_id)
 
 
 def state_tensors(state) -> list[torch.Tensor]:
@@ -50,7 +51,7 @@ def test_shapes():
     enc = model.encode(src, lengths)
     assert enc.memory.shape == (4, 7, 12) and enc.mask.shape == (4, 7)
     assert enc.mask.dtype == torch.bool and enc.keys.shape == (4, 7, 12)
-    assert enc.final[0].shape == enc.final[1].shape == (4, 4, 6)  # (layers * 2 directions, B, H)
+    assert enc.final[0].shape == enc.final[1].shape == (4, 12)  # top layer, both directions
     state = model.init_state(enc)
     assert state.hidden[0].shape == state.hidden[1].shape == (2, 4, 12)
     assert state.feed.shape == (4, 12)
@@ -248,7 +249,7 @@ def test_reorder_selects_rows():
     torch.testing.assert_close(picked.memory, enc.memory[index])
     torch.testing.assert_close(picked.keys, enc.keys[index])
     assert torch.equal(picked.mask, enc.mask[index])
-    torch.testing.assert_close(picked.final[1], enc.final[1][:, index])
+    torch.testing.assert_close(picked.final[1], enc.final[1][index])
     state = model.init_state(enc)
     picked_state = model.reorder_state(state, index)
     torch.testing.assert_close(picked_state.hidden[0], state.hidden[0][:, index])
@@ -258,19 +259,20 @@ def test_reorder_selects_rows():
 
 def test_tied_embeddings_share_one_tensor():
     model = make(tie_embeddings=True, tie_src_tgt=True)
-    assert model.generator.weight is model.tgt_embed.weight is model.src_embed.weight
+    assert model.generator.weight is model.tgt_embed.weight is model.encoder.embed.weight
     assert model.pre_output is not None  # decoder 12 -> embedding 8 before the tied layer
     same = make(tie_embeddings=True, decoder_hidden=8)
     assert same.pre_output is None and same.generator.weight is same.tgt_embed.weight
     untied = make(tie_embeddings=False)
     assert untied.generator.weight is not untied.tgt_embed.weight
-    assert untied.src_embed is not untied.tgt_embed and untied.pre_output is None
+    assert untied.encoder.embed is not untied.tgt_embed and untied.pre_output is None
 
 
 def test_padding_embedding_stays_zero():
-    model = make(pad_id=0)
-    assert model.src_embed.padding_idx == model.tgt_embed.padding_idx == 0
-    assert not model.tgt_embed.weight[0].any()
+    model = make(pad_id=3)
+    assert model.encoder.embed.padding_idx == model.tgt_embed.padding_idx == 3
+    assert not model.tgt_embed.weight[3].any() and not model.encoder.embed.weight[3].any()
+    assert model.tgt_embed.weight[0].any()
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -294,7 +296,7 @@ def test_bad_arguments(kwargs, match):
 
 def test_tie_src_tgt_needs_joint_vocabulary():
     with pytest.raises(ValueError, match="tie_src_tgt needs one joint vocabulary"):
-        Seq2Seq(10, 12, tie_src_tgt=True)
+        build_model({"tie_src_tgt": True}, 10, 12)
 
 
 def test_build_attention_unknown_name():
@@ -309,7 +311,8 @@ def test_tiny_model_overfits():
              for i in range(6)]
     batch = collate(pairs)  # padded source and target, BOS/EOS added
     torch.manual_seed(0)
-    model = Seq2Seq(V, V, emb_size=32, encoder_hidden=32, decoder_hidden=32, dropout=0.0)
+    model = build_model({"emb_size": 32, "encoder_hidden": 32, "decoder_hidden": 32,
+                         "dropout": 0.0}, V, V)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(200):
         loss, nll, n = label_smoothed_nll(model(batch.src, batch.src_lengths, batch.tgt_in),

@@ -1,6 +1,9 @@
-"""The network: plain nn.Modules, batch-first."""
+"""The network: plain nn.Modules, batch-first; build models with nmt.model.registry."""
 
 from nmt.model.decoder import DecoderState
+from nmt.model.encoder import Encoder
+from nmt.model.registry import build_model, model_from_checkpoint, model_record
 from nmt.model.seq2seq import EncoderOutput, Seq2Seq
 
-__all__ = ["DecoderState", "EncoderOutput", "Seq2Seq"]
+__all__ = ["DecoderState", "Encoder", "EncoderOutput", "Seq2Seq", "build_model",
+           "model_from_checkpoint", "model_record"]

@@ -91,13 +91,26 @@ class GeneralAttention(Attention):
         return torch.bmm(query, keys.transpose(1, 2))  # (B, T, S)
 
 
-ATTENTIONS: dict[str, type[Attention]] = {
-    "bahdanau": AdditiveAttention,
-    "luong_dot": DotAttention,
-    "luong_general": GeneralAttention,
-    "luong_concat": ConcatAttention,
-}
-ATTENTION_CHOICES = (*ATTENTIONS, "none")
+ATTENTIONS: dict[str, type[Attention]] = {}
+
+
+def register_attention(name: str, cls: type[Attention]) -> None:
+    """Make ``name`` a valid ``model.attention``. ``cls(query_size, memory_size,
+    attention_size)`` builds it; names are never silently replaced."""
+    if name in ATTENTIONS or name == "none":
+        raise ValueError(f"attention {name!r} is already registered")
+    ATTENTIONS[name] = cls
+
+
+register_attention("bahdanau", AdditiveAttention)
+register_attention("luong_dot", DotAttention)
+register_attention("luong_general", GeneralAttention)
+register_attention("luong_concat", ConcatAttention)
+
+
+def attention_choices() -> tuple[str, ...]:
+    """Every valid ``model.attention``, registered ones included; "none": no attention."""
+    return (*ATTENTIONS, "none")
 
 
 def build_attention(name: str, query_size: int, memory_size: int, attention_size: int
@@ -107,5 +120,5 @@ def build_attention(name: str, query_size: int, memory_size: int, attention_size
         return None
     if name not in ATTENTIONS:
         raise ValueError(f"unknown attention {name!r}; valid choices: "
-                         f"{', '.join(ATTENTION_CHOICES)}")
+                         f"{', '.join(attention_choices())}")
     return ATTENTIONS[name](query_size, memory_size, attention_size)

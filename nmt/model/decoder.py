@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nmt.model.attention import build_attention
-from nmt.model.encoder import State, build_rnn, run_rnn
+from nmt.model.cells import State, build_rnn, get_cell, run_rnn
 
 
 class DecoderState(NamedTuple):
@@ -36,12 +36,13 @@ class RNNDecoder(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         self.cell = cell
+        self.paired = get_cell(cell).paired  # (h, c) state, as LSTM's
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.input_feeding = input_feeding
         input_size = emb_size + (hidden_size if input_feeding else 0)
         self.rnn = build_rnn(cell, input_size, hidden_size, num_layers, dropout)
-        self._cell = {"gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}.get(cell)
+        self._kernel = get_cell(cell).kernel
         self.attention = build_attention(attention, hidden_size, memory_size,
                                          attention_size or hidden_size)
         # Luong's attentional layer, without bias.
@@ -75,33 +76,36 @@ class RNNDecoder(nn.Module):
 
         The cell kernels (torch.lstm_cell, ...) are much cheaper for a single step
         than calling the multi-layer nn.LSTM on a length-1 sequence (oneDNN's set-up
-        cost per call dominates), and they use the very same parameters.
+        cost per call dominates), and they use the very same parameters. A cell
+        registered without a kernel takes the slow, generic call.
         """
         rnn = self.rnn
+        if self._kernel is None:
+            out, hidden = run_rnn(rnn, x.unsqueeze(1), hidden)  # (B, 1, H)
+            return out.squeeze(1), hidden
         if torch.is_autocast_enabled("cpu"):  # as run_rnn: recurrences in float32 on CPU
             with torch.autocast("cpu", enabled=False):
                 x = x.float()
                 hidden = (tuple(t.float() for t in hidden) if isinstance(hidden, tuple)
                           else hidden.float())
                 return self._recur(x, hidden)
-        lstm = isinstance(hidden, tuple)
         hs, cs = [], []
         inp = x
         for layer in range(self.num_layers):
             weights = (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
                        getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
-            if lstm:
-                h, c = torch.lstm_cell(inp, (hidden[0][layer], hidden[1][layer]), *weights)
+            if self.paired:
+                h, c = self._kernel(inp, (hidden[0][layer], hidden[1][layer]), *weights)
                 cs.append(c)
             else:
-                h = self._cell(inp, hidden[layer], *weights)
+                h = self._kernel(inp, hidden[layer], *weights)
             hs.append(h)
             inp = h
             if layer < self.num_layers - 1 and rnn.dropout and self.training:
                 inp = nn.functional.dropout(inp, rnn.dropout, training=True)
         if self.num_layers == 1:  # the usual case: views, not stack's copies, every step
-            return h, ((h.unsqueeze(0), cs[0].unsqueeze(0)) if lstm else h.unsqueeze(0))
-        return h, ((torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs))
+            return h, ((h.unsqueeze(0), cs[0].unsqueeze(0)) if self.paired else h.unsqueeze(0))
+        return h, ((torch.stack(hs), torch.stack(cs)) if self.paired else torch.stack(hs))
 
     def forward(self, emb: torch.Tensor, state: DecoderState, keys: torch.Tensor,
                 memory: torch.Tensor, mask: torch.Tensor

@@ -1,43 +1,12 @@
-"""The recurrent encoder: embeddings in, one state per source position out."""
+"""Encoders: what the decoder attends over. The text encoder embeds tokens and runs an RNN."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-RNNS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (L, B, H), or (h, c) for LSTM
-
-
-def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
-              bidirectional: bool = False) -> nn.RNNBase:
-    """nn.RNN (tanh), nn.GRU or nn.LSTM, batch-first, dropout between layers."""
-    if cell not in RNNS:
-        raise ValueError(f"unknown cell {cell!r}; valid choices: {', '.join(RNNS)}")
-    return RNNS[cell](input_size, hidden_size, num_layers, batch_first=True,
-                      bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
-
-
-def run_rnn(rnn: nn.RNNBase, x: torch.Tensor | PackedSequence, state: State | None = None
-            ) -> tuple[torch.Tensor | PackedSequence, State]:
-    """Call an nn.RNN/GRU/LSTM; under CPU autocast, in float32.
-
-    oneDNN's bf16 recurrences need bf16 hardware (they fail on e.g. AVX2-only CPUs),
-    and recurrences are where reduced precision hurts most; the matmuls around
-    them still run in bf16.
-    """
-    if not torch.is_autocast_enabled("cpu"):
-        return rnn(x, state)
-    with torch.autocast("cpu", enabled=False):
-        # x is a tensor or a PackedSequence
-        x = x.float() if isinstance(x, torch.Tensor) else x._replace(data=x.data.float())
-        if isinstance(state, tuple):
-            state = tuple(s.float() for s in state)
-        elif state is not None:
-            state = state.float()
-        return rnn(x, state)
+from nmt.model.cells import State, build_rnn, run_rnn
 
 
 def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -47,26 +16,63 @@ def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return positions.unsqueeze(0) < lengths.unsqueeze(1)
 
 
-class RNNEncoder(nn.Module):
-    """A (bidirectional, multi-layer) RNN over packed sequences."""
+class Encoder(nn.Module):
+    """Base of every encoder (text, image, ...); Seq2Seq needs nothing else from it.
 
-    def __init__(self, cell: str, emb_size: int, hidden_size: int, num_layers: int = 1,
+    ``forward(src, src_lengths)`` takes the batch's source as the data gives it
+    (token ids (B, S) and lengths (B,) for text) and returns three things:
+
+    - memory (B, S, M): one vector per source position (token, image region) that
+      attention reads; M is ``output_size``;
+    - mask (B, S) bool: True at real positions; attention never looks at the others;
+    - final: what the bridge makes the decoder's first state from: a (B, M) tensor,
+      or a tuple of (B, M) tensors, one per part of the decoder state (LSTM's (h, c)).
+      A single tensor serves every part (e.g. the mean of an image's regions).
+
+    Subclasses set ``output_size`` (int, M) in ``__init__``. Seq2Seq initialises every
+    nn.Embedding of the model, the encoder's included (N(0, 1/dim), padding row zero);
+    other weights are the encoder's own business (e.g. pretrained CNN weights).
+    """
+
+    output_size: int
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        raise NotImplementedError
+
+
+class RNNEncoder(Encoder):
+    """Token embeddings, then a (bidirectional, multi-layer) RNN over packed sequences."""
+
+    def __init__(self, embed: nn.Embedding, cell: str, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
-        self.cell = cell
-        self.rnn = build_rnn(cell, emb_size, hidden_size, num_layers, dropout, bidirectional)
+        self.embed = embed
+        self.rnn = build_rnn(cell, embed.embedding_dim, hidden_size, num_layers, dropout,
+                             bidirectional)
         self.dropout = nn.Dropout(dropout)
         self.num_directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.num_directions
 
-    def forward(self, emb: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """(B, S, E) embeddings, (B,) lengths -> (B, S, H * directions) outputs, final state.
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """(B, S) ids, (B,) lengths -> memory (B, S, H * D), mask (B, S), final (B, H * D).
 
-        Padded positions of the outputs are zero; the final state is that of each
-        sequence's last real token (packing takes care of it).
+        Padded positions of the memory are zero; the final state is that of each
+        sequence's last real token (packing takes care of it), top layer only.
         """
-        packed = pack_padded_sequence(self.dropout(emb), lengths.cpu(), batch_first=True,
+        emb = self.embed(src)  # (B, S, E)
+        packed = pack_padded_sequence(self.dropout(emb), src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
-        outputs, final = run_rnn(self.rnn, packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=emb.size(1))
-        return self.dropout(outputs), final  # (B, S, H*D), (L*D, B, H)
+        outputs, final = run_rnn(self.rnn, packed)  # final (L*D, B, H), or (h, c)
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+        mask = sequence_mask(src_lengths, src.size(1))  # (B, S)
+        top = (tuple(self._top_layer(s) for s in final) if isinstance(final, tuple)
+               else self._top_layer(final))
+        return self.dropout(outputs), mask, top  # (B, S, H*D), (B, S), (B, H*D)
+
+    def _top_layer(self, state: torch.Tensor) -> torch.Tensor:
+        """(L*D, B, H) final states -> (B, D*H) of the top layer, directions concatenated."""
+        d = self.num_directions
+        top = state[-d:]  # (D, B, H)
+        return top.transpose(0, 1).reshape(state.size(1), -1)
