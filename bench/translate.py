@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -35,7 +37,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from nmt.data.corpus import fetch_split, read_lines  # noqa: E402
 from nmt.decoding import Decoding  # noqa: E402
+from nmt.translate import resolve_workers  # noqa: E402
 from nmt.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
+
+THREADS = torch.get_num_threads()  # all of them, before any sharing
 
 
 def train_briefly(steps: int, run_dir: Path) -> Path:
@@ -51,13 +56,17 @@ def train_briefly(steps: int, run_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def batches_at_once(translator: Translator, workers: int | None) -> Iterator[None]:
-    """``translator.workers`` set to ``workers`` inside (None: left as it is)."""
+    """``translator.workers`` set to ``workers`` inside (None: left as it is), each worker
+    on its share of torch's threads as the command line sets them; all threads after."""
     default = translator.workers
     translator.workers = workers or default
+    # The translator's pool threads start in each call and take this setting.
+    torch.set_num_threads(max(1, THREADS // translator.workers))
     try:
         yield
     finally:
         translator.workers = default
+        torch.set_num_threads(THREADS)
 
 
 def sentences_per_s(translator: Translator, sources: list[str], beam: int, batch_tokens: int,
@@ -65,7 +74,8 @@ def sentences_per_s(translator: Translator, sources: list[str], beam: int, batch
     """Translations and their speed, with ``workers`` batches at a time (None: default)."""
     with batches_at_once(translator, workers):
         start = time.perf_counter()
-        out = translator.translate(sources, beam_size=beam, batch_tokens=batch_tokens)
+        out = translator.translate_text(sources, Decoding(beam_size=beam),
+                                        batch_tokens=batch_tokens)
         return out, round(len(sources) / (time.perf_counter() - start), 1)
 
 
@@ -74,7 +84,7 @@ def mflop_per_sentence(translator: Translator, sources: list[str], beam: int,
     """FLOPs of decoding (encoder, decoder steps, output layer), one batch at a time."""
     # One worker: the counter sees the ops of this thread only.
     with batches_at_once(translator, 1), counting(translator.model) as count:
-        translator.translate(sources, beam_size=beam, batch_tokens=batch_tokens)
+        translator.translate_text(sources, Decoding(beam_size=beam), batch_tokens=batch_tokens)
     return round(count.total / len(sources) / 1e6, 1)
 
 
@@ -99,16 +109,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nmt-bench-translate-") as tmp:
         checkpoint = args.checkpoint or train_briefly(args.train_steps, Path(tmp))
-        translator = Translator.from_checkpoint(checkpoint, device=args.device,
-                                                workers=args.workers)
-        translator.translate(sources[:50], beam_size=5)  # warm-up
+        translator = Translator.from_checkpoint(
+            checkpoint, device=args.device, workers=resolve_workers(args.workers, args.device))
+        beam5 = Decoding(beam_size=5)
+        translator.translate_text(sources[:50], beam5)  # warm-up
 
         result: dict = {"device": args.device, "workers": translator.workers}
         _, result["greedy_sentences_per_s"] = sentences_per_s(translator, sources, 1, tokens)
         beam, result["beam5_sentences_per_s"] = sentences_per_s(translator, sources, 5, tokens)
         subset = sources[: args.unbatched]
         start = time.perf_counter()
-        single = [translator.translate([s], beam_size=5)[0] for s in subset]
+        # One sentence, one batch: on the caller's thread, with all threads.
+        single = [translator.translate_text([s], beam5)[0] for s in subset]
         result["beam5_unbatched_sentences_per_s"] = round(
             len(subset) / (time.perf_counter() - start), 1)
         if cpu:

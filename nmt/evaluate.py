@@ -20,7 +20,7 @@ from nmt.data.corpus import ParallelFiles, fetch_split, read_lines
 from nmt.decoding import Decoding
 from nmt.errors import ConfigError, DataError
 from nmt.metrics import corpus_scores
-from nmt.translate import as_list, resolve_device, translate_file
+from nmt.translate import as_list, resolve_device, resolve_workers, share_threads, translate_file
 from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,13 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     sets = resolve_test_sets(cfg)
     decoding = Decoding.from_dict(dict(cfg.decoding))
     device = resolve_device(cfg.device)
+    workers = resolve_workers(cfg.workers, device, decoding.sampling)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = []
+    share_threads(workers)
     for ckpt in checkpoints:
-        translator = Translator.from_checkpoint(ckpt, device, cfg.max_src_len, cfg.workers)
+        translator = Translator.from_checkpoint(ckpt, device, cfg.max_src_len, workers)
         for name, files in sets.items():
             refs = list(read_lines(files.tgt, allow_empty=True))
             hyp_path = out_dir / f"{safe_name(Path(ckpt).stem)}.{safe_name(name)}.hyp"

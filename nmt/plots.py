@@ -19,7 +19,7 @@ def plot_attention(tr: Translation, tgt_tokenizer: Tokenizer, path: Path) -> Pat
     if hyp.attention is None:
         raise ValueError("this translation has no attention weights (attention=none?)")
     weights = hyp.attention.numpy()  # (T + 1, S)
-    tgt = [tgt_tokenizer.sp.id_to_piece(t) for t in hyp.tokens] + ["</s>"]
+    tgt = [*tgt_tokenizer.pieces(hyp.tokens), "</s>"]
     src = tr.source_pieces
     fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(src) + 2), max(3, 0.35 * len(tgt) + 1.5)))
     ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")

@@ -74,34 +74,62 @@ def atomic_output(path: str) -> Iterator[IO[str]]:
             tmp.unlink()
 
 
+def resolve_workers(workers: int | None, device: str, sampling: bool = False) -> int:
+    """Batches decoded at once: the configured number, or (null) 2 on a CPU with two or
+    more threads, else 1. A GPU decodes one batch at a time, and so does sampling (one
+    random generator): it keeps all threads."""
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a positive integer (or null), got {workers!r}")
+    if not device.startswith("cpu") or sampling:
+        return 1
+    return workers or min(2, torch.get_num_threads())
+
+
+def share_threads(workers: int) -> None:
+    """Give each of ``workers`` decoding threads its share of torch's threads.
+
+    Process-wide, so only command-line entry points call it, once, before translating:
+    the translator's worker threads take this setting when they start.
+    """
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 def format_translation(index: int, tr: Translation, n_best: int) -> str:
     clean = [t.replace("\n", " ") for t in tr.texts]
     if n_best == 1:
         return (clean[0] if clean else "") + "\n"
-    scores = [h.score for h in tr.hypotheses] or [0.0] * len(clean)
+    scores = [h.score for h in tr.hypotheses]
     return "".join(f"{index} ||| {t} ||| {s:.4f}\n" for t, s in zip(clean, scores, strict=True))
 
 
 def translate_file(translator: Translator, inp: str, out: str, decoding: Decoding,
                    batch_tokens: int, chunk_size: int, progress: bool = True,
                    plots_dir: str | None = None, plots_n: int = 0) -> int:
-    """Translate one input into one output; return the number of lines."""
-    n = 0
+    """Translate one input into one output; return the number of lines.
+
+    Inputs longer than the translator's max_src_len are cut; a warning counts them.
+    """
+    n = truncated = 0
     lines = input_lines(inp)
     bar = tqdm(desc=f"translating {inp}", unit=" sent", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     with atomic_output(out) as f:
         for n, tr in enumerate(translator.translate_stream(
-                lines, decoding, batch_tokens, chunk_size,
+                lines, decoding, batch_tokens=batch_tokens, chunk_size=chunk_size,
                 attention_first=plots_n if plots_dir else 0), start=1):
             f.write(format_translation(n - 1, tr, decoding.n_best))
-            if plots_dir and n <= plots_n and tr.hypotheses:
+            truncated += tr.truncated
+            if plots_dir and n <= plots_n and tr.hypotheses[0].attention is not None:
                 from nmt.plots import plot_attention
 
                 plot_attention(tr, translator.tgt_tokenizer,
                                Path(plots_dir) / f"{Path(inp).name}.{n:04d}.png")
             bar.update(1)
     bar.close()
+    if truncated:
+        log.warning("%s: %d input(s) longer than %d pieces were truncated", inp, truncated,
+                    translator.max_src_len)
     return n
 
 
@@ -119,15 +147,14 @@ def run(cfg: Any) -> dict[str, int]:
         if inp != "-" and not Path(inp).is_file():
             raise DataError(f"{inp}: input file not found")
     decoding = Decoding.from_dict(dict(cfg.decoding))
-    translator = Translator.from_checkpoint(cfg.checkpoint, resolve_device(cfg.device),
-                                            cfg.max_src_len, cfg.workers)
+    device = resolve_device(cfg.device)
+    workers = resolve_workers(cfg.workers, device, decoding.sampling)
+    share_threads(workers)
+    translator = Translator.from_checkpoint(cfg.checkpoint, device, cfg.max_src_len, workers)
     counts = {}
     for inp, out in zip(inputs, outputs, strict=True):
         counts[inp] = translate_file(translator, inp, out, decoding, cfg.batch_tokens,
                                      cfg.chunk_size, cfg.progress, cfg.attention_plots,
                                      cfg.attention_plots_n)
         log.info("%s -> %s: %d lines", inp, out, counts[inp])
-    if translator.truncated:
-        log.warning("%d input(s) were longer than %d tokens and truncated",
-                    translator.truncated, translator.max_src_len)
     return counts

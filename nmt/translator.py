@@ -1,39 +1,42 @@
 """Text in, text out: a trained checkpoint with its own SentencePiece models.
 
     translator = Translator.from_checkpoint("model.ckpt", device="cpu")
-    translator.translate(["A dog runs.", ""], beam_size=5)   # -> ["Ein Hund rennt.", ""]
+    translator.translate_text(["A dog runs.", ""])      # -> ["Ein Hund rennt.", ""]
+    [tr] = translator.translate(["A dog runs."], Decoding(beam_size=5, n_best=2))
+    tr.text, [(h.text, h.score) for h in tr.hypotheses]
 
-Sentences are encoded, sorted by length into token-budget batches, decoded with
-greedy, beam or sampling search (nmt/search.py), and returned in input order:
-one output per input, an empty or whitespace-only input giving an empty output.
+Sentences are encoded, cut to ``max_src_len`` pieces, sorted by length into
+token-budget batches, decoded with greedy, beam or sampling search
+(nmt/search.py), and returned in input order: one Translation per input, an empty
+or whitespace-only input giving an empty text.
 
-On the CPU, ``workers`` batches are decoded at once (two by default), each on its
-share of torch's threads: a batch's small per-step products and element-wise work
-use one core better than two cores share them. The model keeps no state between
-steps, so the batches cannot interfere: the results are those of one batch at a time.
+``translate`` keeps no state between calls and changes no process-wide setting,
+so a server can call it from several threads at once. On the CPU, ``workers``
+batches of one call are decoded at once in a thread pool: a batch's small
+per-step products and element-wise work use one core better than two cores
+share them. That pays off when each worker has its share of torch's threads,
+which only the program can decide: the command-line tools call
+``torch.set_num_threads(threads // workers)`` once at startup (nmt/translate.py).
+The model keeps no state between steps, so concurrent batches cannot interfere:
+the results are those of one batch at a time.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from nmt.data.dataset import collate
-from nmt.data.sampler import TokenBatchSampler
-from nmt.data.tokenizer import Tokenizer
+from nmt.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
 from nmt.errors import CheckpointError, ConfigError, TokenizerError
 from nmt.model import Seq2Seq, model_from_checkpoint
 from nmt.search import Hypothesis
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SRC_LEN = 250
 DEFAULT_BATCH_TOKENS = 10000
@@ -41,48 +44,61 @@ DEFAULT_BATCH_TOKENS = 10000
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True)
+class Candidate:
+    """One hypothesis of a translation."""
+
+    text: str
+    score: float  # as the search reports it (nmt/search.py); 0.0 for an empty input
+    tokens: list[int]  # target piece ids, without BOS and EOS
+    attention: torch.Tensor | None = None  # (len(tokens) + 1, source pieces + EOS) on request
+
+
+@dataclass(frozen=True)
 class Translation:
-    """The hypotheses of one input sentence, best first."""
+    """The hypotheses of one input sentence, best first (``decoding.n_best`` of them at
+    most; an empty input gets ``n_best`` empty ones)."""
 
     source: str
-    source_pieces: list[str]
-    hypotheses: list[Hypothesis]
-    texts: list[str]
-    truncated: bool = False
+    hypotheses: list[Candidate]
+    source_pieces: list[str] = field(default_factory=list)  # with attention: + "</s>"
+    truncated: bool = False  # the source was longer than max_src_len pieces and was cut
 
     @property
     def text(self) -> str:
-        return self.texts[0] if self.texts else ""
+        return self.hypotheses[0].text if self.hypotheses else ""
+
+    @property
+    def texts(self) -> list[str]:
+        return [h.text for h in self.hypotheses]
 
 
 class Translator:
     """A model and its tokenizers, ready to translate text."""
 
     def __init__(self, model: Seq2Seq, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
-                 device: str | torch.device = "cpu",
-                 max_src_len: int = DEFAULT_MAX_SRC_LEN, workers: int | None = None) -> None:
-        """``workers``: batches decoded at once on the CPU, each on its share of torch's
-        threads (None: 2, or 1 with a single thread; 1: one batch at a time on all of
-        them). A GPU decodes one batch at a time."""
-        if workers is not None and (not isinstance(workers, int) or workers < 1):
-            raise ConfigError(f"workers must be a positive integer (or null), got {workers!r}")
+                 device: str | torch.device = "cpu", max_src_len: int = DEFAULT_MAX_SRC_LEN,
+                 workers: int = 1) -> None:
+        """``max_src_len``: source pieces kept per input, EOS not counted; longer inputs
+        are cut and flagged ``truncated``. ``workers``: batches decoded at once on the
+        CPU (see the module docstring); a GPU decodes one batch at a time."""
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+        if not isinstance(max_src_len, int) or max_src_len < 1:
+            raise ConfigError("max_src_len must be a positive integer (source pieces kept "
+                              f"per input), got {max_src_len!r}")
         self.model = model.to(device).eval()
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
         self.device = torch.device(device)
         self.max_src_len = max_src_len
-        if self.device.type != "cpu":
-            workers = 1
-        self.workers = workers or min(2, torch.get_num_threads())
-        self.truncated = 0  # inputs cut to max_src_len tokens so far
+        self.workers = workers if self.device.type == "cpu" else 1
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        max_src_len: int | None = None, workers: int | None = None
+                        max_src_len: int = DEFAULT_MAX_SRC_LEN, workers: int = 1
                         ) -> Translator:
         ckpt = load_checkpoint(path, "cpu")
-        hp = ckpt["hyper_parameters"]
         model = model_from_checkpoint(ckpt, str(path))  # CheckpointError naming the file
         try:
             src = Tokenizer(ckpt["tokenizers"]["src"])
@@ -90,18 +106,44 @@ class Translator:
         except (KeyError, TypeError, ValueError, RuntimeError, TokenizerError) as e:
             raise CheckpointError(f"{path}: the checkpoint does not fit this toolkit's "
                                   f"model ({str(e).splitlines()[0]})") from None
-        return cls(model, src, tgt, device,
-                   max_src_len or hp.get("max_src_len") or DEFAULT_MAX_SRC_LEN, workers)
+        return cls(model, src, tgt, device, max_src_len, workers)
 
     # -- translation ---------------------------------------------------------------------
 
-    def translate(self, sentences: list[str], beam_size: int = 5,
-                  batch_tokens: int = DEFAULT_BATCH_TOKENS, **decoding: Any) -> list[str]:
-        """The best translation of each sentence, in input order."""
-        settings = Decoding(beam_size=beam_size, **decoding)
-        return [t.text for t in self.translate_full(sentences, settings, batch_tokens)]
+    def translate(self, sentences: list[str], decoding: Decoding | None = None, *,
+                  attention: bool = False, batch_tokens: int = DEFAULT_BATCH_TOKENS
+                  ) -> list[Translation]:
+        """Every hypothesis of every sentence, in input order; with ``attention``, also
+        each hypothesis' attention weights and the source pieces.
 
-    def translate_stream(self, lines: Iterable[str], decoding: Decoding,
+        A batch holds at most ``batch_tokens / beam_size`` source tokens, padding
+        included: its (sentences x beams) decoder rows attend over about
+        ``batch_tokens`` source positions whatever the beam size.
+        """
+        decoding = decoding or Decoding()
+        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise ConfigError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+        todo = [i for i, s in enumerate(sentences) if s.strip()]
+        ids = self.src_tokenizer.encode([sentences[i] for i in todo]) if todo else []
+        truncated = [len(seq) > self.max_src_len for seq in ids]
+        ids = [seq[: self.max_src_len] for seq in ids]
+        hyps = self._decode(ids, decoding, attention, batch_tokens)
+        texts = iter(self.tgt_tokenizer.decode([h.tokens for hs in hyps for h in hs]))
+        empty = [Candidate("", 0.0, [])] * decoding.n_best
+        results = [Translation(s, empty) for s in sentences]
+        for j, i in enumerate(todo):
+            found = [Candidate(next(texts), h.score, h.tokens, h.attention) for h in hyps[j]]
+            # Pieces label the attention's columns: only plots and the like need them.
+            pieces = [*self.src_tokenizer.pieces(ids[j]), "</s>"] if attention else []
+            results[i] = Translation(sentences[i], found, pieces, truncated[j])
+        return results
+
+    def translate_text(self, sentences: list[str], decoding: Decoding | None = None, *,
+                       batch_tokens: int = DEFAULT_BATCH_TOKENS) -> list[str]:
+        """The best translation of each sentence, in input order."""
+        return [t.text for t in self.translate(sentences, decoding, batch_tokens=batch_tokens)]
+
+    def translate_stream(self, lines: Iterable[str], decoding: Decoding | None = None, *,
                          batch_tokens: int = DEFAULT_BATCH_TOKENS, chunk_size: int = 2000,
                          attention_first: int = 0) -> Iterator[Translation]:
         """Translate an iterable of lines chunk by chunk: memory stays flat for any input.
@@ -114,90 +156,80 @@ class Translator:
         for line in lines:
             chunk.append(line)
             if len(chunk) >= chunk_size:
-                yield from self.translate_full(chunk, decoding, batch_tokens,
-                                               done < attention_first)
+                yield from self.translate(chunk, decoding, batch_tokens=batch_tokens,
+                                          attention=done < attention_first)
                 done += len(chunk)
                 chunk = []
         if chunk:
-            yield from self.translate_full(chunk, decoding, batch_tokens, done < attention_first)
+            yield from self.translate(chunk, decoding, batch_tokens=batch_tokens,
+                                      attention=done < attention_first)
 
-    def translate_full(self, sentences: list[str], decoding: Decoding = Decoding(),  # noqa: B008
-                       batch_tokens: int = DEFAULT_BATCH_TOKENS, return_attention: bool = False
-                       ) -> list[Translation]:
-        """Every hypothesis of every sentence, with pieces and attention when asked for.
-
-        A batch holds at most ``batch_tokens / beam_size`` source tokens, padding
-        included: its (sentences x beams) decoder rows attend over about
-        ``batch_tokens`` source positions whatever the beam size.
-        """
-        if not isinstance(batch_tokens, int) or batch_tokens < 1:
-            raise ConfigError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
-        results: list[Translation | None] = [None] * len(sentences)
-        todo = [i for i, s in enumerate(sentences) if s.strip()]
-        for i, s in enumerate(sentences):
-            if not s.strip():
-                results[i] = Translation(s, [], [], [""] * decoding.n_best)
-        ids = self.src_tokenizer.encode([sentences[i] for i in todo]) if todo else []
-        truncated = set()
-        for j, seq in enumerate(ids):
-            if len(seq) > self.max_src_len - 1:  # room for EOS
-                ids[j] = seq[: self.max_src_len - 1]
-                truncated.add(j)
-        if truncated:
-            self.truncated += len(truncated)
-            log.warning("%d input(s) longer than %d tokens were truncated", len(truncated),
-                        self.max_src_len)
-        lengths = np.fromiter((len(s) + 1 for s in ids), dtype=np.int64, count=len(ids))
+    def _decode(self, ids: list[list[int]], decoding: Decoding, attention: bool,
+                batch_tokens: int) -> list[list[Hypothesis]]:
+        """The hypotheses of every id sequence, decoded in batches of similar length."""
+        lengths = np.fromiter((len(seq) + 1 for seq in ids), dtype=np.int64, count=len(ids))
+        beams = 1 if decoding.sampling else decoding.beam_size
+        batches = length_batches(lengths, max(batch_tokens // beams, 1))
+        # A generator per call: concurrent calls draw the same samples as sequential ones.
         generator = (torch.Generator(device=self.device).manual_seed(decoding.seed)
                      if decoding.sampling else None)
-        if len(ids):
-            beams = 1 if decoding.sampling else decoding.beam_size
-            budget = max(batch_tokens // beams, 1)
-            batches = list(TokenBatchSampler(lengths, np.zeros_like(lengths), budget,
-                                             shuffle=False))
 
-            def run(batch_idx: np.ndarray) -> tuple[np.ndarray, list[list[Hypothesis]]]:
-                examples = [(j, np.asarray(ids[j], dtype=np.int64), np.zeros(0, np.int64))
-                            for j in batch_idx]
-                batch = collate(examples)
-                sources = SourceBatch(batch.src.to(self.device), batch.src_lengths.to(self.device))
-                return batch_idx, decode(self.model, sources, decoding, return_attention,
-                                         generator)
+        def run(batch: np.ndarray) -> tuple[np.ndarray, list[list[Hypothesis]]]:
+            src, src_lengths = pad_sources([ids[j] for j in batch], self.device)
+            return batch, decode(self.model, SourceBatch(src, src_lengths), decoding, attention,
+                                 generator)
 
-            # Sampling draws from one generator: one batch at a time, in a fixed order.
-            workers = 1 if decoding.sampling else self.workers
-            for batch_idx, hyps in _run_parallel(run, batches, workers,
-                                                 cost=lambda b: len(b) * int(lengths[b].max())):
-                texts = [self.tgt_tokenizer.decode([h.tokens for h in hs]) for hs in hyps]
-                for j, hs, ts in zip(batch_idx, hyps, texts, strict=True):
-                    i = todo[j]
-                    pieces = ([self.src_tokenizer.sp.id_to_piece(t) for t in ids[j]] + ["</s>"]
-                              if return_attention else [])  # only plots need them
-                    results[i] = Translation(sentences[i], pieces, hs, ts, j in truncated)
-        return results  # type: ignore[return-value]
+        # Sampling draws from one generator: one batch at a time, in a fixed order.
+        workers = 1 if decoding.sampling else self.workers
+        hyps: list[list[Hypothesis]] = [[] for _ in ids]
+        for batch, found in _run_parallel(run, batches, workers,
+                                          cost=lambda b: len(b) * int(lengths[b].max())):
+            for j, hs in zip(batch, found, strict=True):
+                hyps[j] = hs
+        return hyps
 
+
+def length_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Indices sorted by length (ties in input order), cut greedily into batches whose
+    padded size, rows x longest row, stays within ``budget``; a longer row goes alone."""
+    order = np.argsort(lengths, kind="stable")
+    batches = []
+    begin = 0
+    for i, j in enumerate(order):
+        # Sorted ascending: row i is the longest so far of the batch it would join.
+        if i > begin and (i - begin + 1) * int(lengths[j]) > budget:
+            batches.append(order[begin:i])
+            begin = i
+    if begin < len(order):
+        batches.append(order[begin:])
+    return batches
+
+
+def pad_sources(ids: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source ids with EOS appended, right-padded: (batch, longest + 1) and the lengths."""
+    lengths = np.fromiter((len(seq) + 1 for seq in ids), dtype=np.int64, count=len(ids))
+    src = np.full((len(ids), int(lengths.max())), PAD_ID, dtype=np.int64)
+    for row, seq in enumerate(ids):
+        src[row, : len(seq)] = seq
+        src[row, len(seq)] = EOS_ID
+    return torch.from_numpy(src).to(device), torch.from_numpy(lengths).to(device)
 
 
 def _run_parallel(fn: Callable[[np.ndarray], T], batches: list[np.ndarray], workers: int,
                   cost: Callable[[np.ndarray], int]) -> Iterator[T]:
-    """``fn`` on every batch, ``workers`` at a time, each on its share of torch's threads;
-    results in the order of submission, the largest batches (by ``cost``) first so that
-    none of them starts last. One worker: in the given order, on the caller's threads."""
+    """``fn`` on every batch, ``workers`` at a time in a pool of this call's own; results
+    in the order of submission, the largest batches (by ``cost``) first so that none of
+    them starts last. One worker: in the given order, on the caller's thread.
+
+    Thread counts are left alone: a new thread takes torch's process-wide setting,
+    which the program sets once (see the module docstring).
+    """
     workers = min(workers, len(batches))
     if workers <= 1:
         yield from map(fn, batches)
         return
-    threads = torch.get_num_threads()
-    share = max(1, threads // workers)
-
-    def on_share(batch: np.ndarray) -> T:
-        torch.set_num_threads(share)  # this thread's own OpenMP and MKL settings
-        return fn(batch)
-
-    torch.set_num_threads(share)  # ... and the default of threads that start meanwhile
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nmt-decode")
     try:
-        yield from pool.map(on_share, sorted(batches, key=cost, reverse=True))
+        yield from pool.map(fn, sorted(batches, key=cost, reverse=True))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ import torch
 from conftest import files_config, toy_pairs
 from train_helpers import compose_train, fit_recorded, toy_overrides
 
+from nmt.decoding import Decoding
 from nmt.translator import Translator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -32,7 +33,7 @@ def test_gpu_training_at_each_precision(toy_cfg, tmp_path, precision):
     assert trainer.callback_metrics["val/bleu"] >= 0
     # The checkpoint written on the GPU translates on the CPU.
     tr = Translator.from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", "cpu")
-    assert len(tr.translate([toy_pairs(1, seed=3)[0][0], ""], beam_size=2)) == 2
+    assert len(tr.translate_text([toy_pairs(1, seed=3)[0][0], ""], Decoding(beam_size=2))) == 2
 
 
 def test_ddp_strategy_on_one_gpu_then_cpu(toy_cfg, tmp_path):
@@ -57,5 +58,5 @@ def test_translation_on_cuda_matches_cpu(toy_cfg, tmp_path):
     assert next(gpu.model.parameters()).is_cuda
     sentences = [s for s, _ in toy_pairs(20, seed=11)] + [""]
     for beam in (1, 4):
-        assert gpu.translate(sentences, beam_size=beam) == cpu.translate(sentences,
-                                                                         beam_size=beam)
+        decoding = Decoding(beam_size=beam)
+        assert gpu.translate_text(sentences, decoding) == cpu.translate_text(sentences, decoding)

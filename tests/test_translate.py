@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from train_helpers import ROOT, compose_train, toy_overrides
 from nmt.decoding import Decoding, load_checkpoint
 from nmt.errors import CheckpointError, ConfigError
 from nmt.translate import format_translation, translate_file
-from nmt.translator import Translator
+from nmt.translator import Translator, length_batches
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +50,80 @@ def run_cli(script: str, *args: str, cwd: Path, stdin: str | None = None):
 
 def test_one_output_per_input_and_empty_lines(translator):
     inputs = [SENTENCES[0], "", "   ", SENTENCES[1], "\t"]
-    out = translator.translate(inputs, beam_size=3)
+    out = translator.translate_text(inputs, Decoding(beam_size=3))
     assert len(out) == 5
     assert out[1] == out[2] == out[4] == ""
     assert out[0] and out[3]
+    assert translator.translate([]) == [] and translator.translate_text([]) == []
+
+
+def test_translations_carry_hypotheses(translator):
+    inputs = [SENTENCES[0], "", SENTENCES[1]]
+    full = translator.translate(inputs, Decoding(beam_size=4, n_best=3))
+    assert [t.source for t in full] == inputs
+    assert [t.text for t in full] == translator.translate_text(inputs, Decoding(beam_size=4))
+    first = full[0].hypotheses
+    assert len(first) == 3 and first[0].text == full[0].text
+    assert [h.score for h in first] == sorted((h.score for h in first), reverse=True)
+    assert translator.tgt_tokenizer.decode([first[1].tokens]) == [first[1].text]
+    assert all(h.attention is None for h in first) and full[0].source_pieces == []
+    assert [(h.text, h.score, h.tokens) for h in full[1].hypotheses] == [("", 0.0, [])] * 3
+
+
+def test_attention_and_source_pieces_on_request(translator):
+    [tr] = translator.translate([SENTENCES[0]], Decoding(beam_size=2), attention=True)
+    pieces = translator.src_tokenizer.pieces(translator.src_tokenizer.encode([SENTENCES[0]])[0])
+    assert pieces and tr.source_pieces == [*pieces, "</s>"]
+    best = tr.hypotheses[0]
+    assert best.attention.shape == (len(best.tokens) + 1, len(tr.source_pieces))
+    assert best.attention.sum(-1) == pytest.approx(torch.ones(len(best.tokens) + 1), abs=1e-4)
+    [plain] = translator.translate([SENTENCES[0]], Decoding(beam_size=2))
+    assert plain.texts == tr.texts and plain.hypotheses[0].tokens == best.tokens
 
 
 def test_order_and_batching_do_not_change_results(translator):
-    together = translator.translate(SENTENCES, beam_size=4)
-    reverse = translator.translate(SENTENCES[::-1], beam_size=4)[::-1]
-    alone = [translator.translate([s], beam_size=4)[0] for s in SENTENCES]
-    tiny_batches = translator.translate(SENTENCES, beam_size=4, batch_tokens=30)
+    beam4 = Decoding(beam_size=4)
+    together = translator.translate_text(SENTENCES, beam4)
+    reverse = translator.translate_text(SENTENCES[::-1], beam4)[::-1]
+    alone = [translator.translate_text([s], beam4)[0] for s in SENTENCES]
+    tiny_batches = translator.translate_text(SENTENCES, beam4, batch_tokens=30)
     assert together == reverse == alone == tiny_batches
+
+
+def test_length_batches_are_sorted_and_greedy_under_the_budget():
+    lengths = torch.randint(1, 30, (200,), generator=torch.Generator().manual_seed(3)).numpy()
+    lengths[[5, 9]] = 80  # longer than the budget: alone
+    batches = length_batches(lengths, 60)
+    order = [int(j) for b in batches for j in b]
+    assert order == sorted(range(200), key=lambda j: (lengths[j], j))  # stable by length
+    for b, after in zip(batches, [*batches[1:], None], strict=True):
+        cost = len(b) * lengths[b].max()
+        assert cost <= 60 or len(b) == 1
+        if after is not None:  # greedy: the next sentence did not fit
+            assert (len(b) + 1) * lengths[after[0]] > 60
+    assert [len(b) for b in batches if lengths[b].max() == 80] == [1, 1]
+    assert length_batches(lengths[:0], 60) == []
+
+
+def test_concurrent_calls_give_sequential_results(checkpoint, monkeypatch):
+    translator = Translator.from_checkpoint(checkpoint, workers=2)
+    sentences = SENTENCES + [s for s, _ in toy_pairs(20, seed=9)] + [""]
+    settings = [Decoding(beam_size=1), Decoding(beam_size=3, n_best=2),
+                Decoding(sampling=True, top_k=5), Decoding(beam_size=5)] * 2
+
+    def run(d: Decoding) -> list:
+        return [(t.texts, [h.score for h in t.hypotheses], t.truncated)
+                for t in translator.translate(sentences, d, batch_tokens=80)]
+
+    sequential = [run(d) for d in settings]
+
+    def forbidden(*args):
+        raise AssertionError("translation must not change torch's process-wide threads")
+
+    monkeypatch.setattr(torch, "set_num_threads", forbidden)
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(run, settings))
+    assert concurrent == sequential
 
 
 def test_parallel_batches_give_what_one_batch_at_a_time_gives(checkpoint):
@@ -71,8 +134,8 @@ def test_parallel_batches_give_what_one_batch_at_a_time_gives(checkpoint):
     for decoding in (Decoding(beam_size=1), Decoding(beam_size=3, n_best=2),
                      Decoding(sampling=True, top_k=5)):
         # batch_tokens=60: many small batches, decoded two at a time
-        a = parallel.translate_full(sentences, decoding, batch_tokens=60)
-        b = serial.translate_full(sentences, decoding, batch_tokens=60)
+        a = parallel.translate(sentences, decoding, batch_tokens=60)
+        b = serial.translate(sentences, decoding, batch_tokens=60)
         assert [t.texts for t in a] == [t.texts for t in b]
         for ta, tb in zip(a, b, strict=True):
             assert [h.score for h in ta.hypotheses] == pytest.approx(
@@ -80,7 +143,7 @@ def test_parallel_batches_give_what_one_batch_at_a_time_gives(checkpoint):
         assert torch.get_num_threads() == threads
 
 
-def test_failing_batch_stops_parallel_decoding_and_restores_threads(translator, monkeypatch):
+def test_failing_batch_stops_parallel_decoding_and_keeps_threads(translator, monkeypatch):
     import nmt.translator as module
 
     calls = []
@@ -93,20 +156,38 @@ def test_failing_batch_stops_parallel_decoding_and_restores_threads(translator, 
     monkeypatch.setattr(translator, "workers", 2)
     threads = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"):
-        translator.translate(SENTENCES * 5, beam_size=2, batch_tokens=40)
+        translator.translate(SENTENCES * 5, Decoding(beam_size=2), batch_tokens=40)
     assert torch.get_num_threads() == threads
     assert 0 < len(calls) < 20  # the batches not yet started were cancelled
 
 
-def test_workers_must_be_positive(checkpoint):
-    with pytest.raises(ConfigError, match="workers must be a positive integer"):
-        Translator.from_checkpoint(checkpoint, workers=0)
+@pytest.mark.parametrize("option", ["workers", "max_src_len"])
+def test_options_must_be_positive(checkpoint, option):
+    with pytest.raises(ConfigError, match=f"{option} must be a positive integer"):
+        Translator.from_checkpoint(checkpoint, **{option: 0})
 
 
-def test_truncation_is_counted(checkpoint):
+def test_truncation_is_flagged_per_sentence(checkpoint):
+    short = "Ein ."
     tr = Translator.from_checkpoint(checkpoint, max_src_len=4)
-    out = tr.translate([SENTENCES[0], "Ein ."], beam_size=2)
-    assert len(out) == 2 and tr.truncated == 1
+    assert len(tr.src_tokenizer.encode([short])[0]) <= 4 < len(
+        tr.src_tokenizer.encode([SENTENCES[0]])[0])
+    out = tr.translate([SENTENCES[0], short, ""], Decoding(beam_size=2))
+    assert [t.truncated for t in out] == [True, False, False]
+
+
+def test_max_src_len_counts_pieces_without_eos(checkpoint, translator):
+    """A sentence of exactly max_src_len pieces is translated whole; one more is cut."""
+    n = len(translator.src_tokenizer.encode([SENTENCES[0]])[0])
+    assert translator.max_src_len == 250  # the default, not the training data's max_len
+    whole = translator.translate([SENTENCES[0]], Decoding(beam_size=2))[0]
+    exact = Translator.from_checkpoint(checkpoint, max_src_len=n)
+    cut = Translator.from_checkpoint(checkpoint, max_src_len=n - 1)
+    [at_limit] = exact.translate([SENTENCES[0]], Decoding(beam_size=2), attention=True)
+    [over] = cut.translate([SENTENCES[0]], Decoding(beam_size=2), attention=True)
+    assert not at_limit.truncated and at_limit.texts == whole.texts
+    assert len(at_limit.source_pieces) == n + 1  # n pieces and EOS
+    assert over.truncated and len(over.source_pieces) == n
 
 
 def test_checkpoint_loads_with_weights_only(checkpoint):
@@ -148,7 +229,7 @@ def test_interrupted_translation_leaves_no_file(translator, tmp_path, monkeypatc
 
 
 def test_nbest_format(translator):
-    [tr] = translator.translate_full([SENTENCES[0]], Decoding(beam_size=4, n_best=3))
+    [tr] = translator.translate([SENTENCES[0]], Decoding(beam_size=4, n_best=3))
     lines = format_translation(7, tr, 3).splitlines()
     assert len(lines) == 3 and all(line.startswith("7 ||| ") for line in lines)
     scores = [float(line.rsplit(" ||| ", 1)[1]) for line in lines]
@@ -179,8 +260,18 @@ def test_translate_command_stdin_stdout(checkpoint, tmp_path, translator):
     result = run_cli("translate.py", f"checkpoint={checkpoint}", "decoding=greedy",
                      "progress=false", cwd=tmp_path, stdin=text)
     assert result.returncode == 0, result.stderr
-    expected = translator.translate([SENTENCES[0], "", SENTENCES[1]], beam_size=1)
+    expected = translator.translate_text([SENTENCES[0], "", SENTENCES[1]], Decoding(beam_size=1))
     assert result.stdout == "\n".join(expected) + "\n"
+
+
+def test_translate_command_counts_truncated_inputs(checkpoint, tmp_path):
+    inp = write_side(tmp_path / "in.en", [SENTENCES[0], "Ein .", SENTENCES[1]])
+    result = run_cli("translate.py", f"checkpoint={checkpoint}", f"input={inp}",
+                     f"output={tmp_path / 'out.de'}", "max_src_len=4", "decoding=greedy",
+                     "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "in.en: 2 input(s) longer than 4 pieces were truncated" in result.stderr
+    assert len((tmp_path / "out.de").read_text().splitlines()) == 3
 
 
 @pytest.mark.parametrize(("make", "args", "message"), [
@@ -192,6 +283,7 @@ def test_translate_command_stdin_stdout(checkpoint, tmp_path, translator):
     (None, ["decoding.beam_size=0"], "error: decoding: beam_size must be >= 1, got 0"),
     (None, ["workers=0"], "error: workers must be a positive integer (or null), got 0"),
     (None, ["batch_tokens=0"], "error: batch_tokens must be a positive integer, got 0"),
+    (None, ["max_src_len=null"], "error: max_src_len must be a positive integer"),
 ])
 def test_translate_command_errors(checkpoint, tmp_path, make, args, message):
     inp = tmp_path / "in.txt"

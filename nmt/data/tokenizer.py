@@ -78,6 +78,10 @@ class Tokenizer:
         """Detokenized text of each id sequence; special ids are skipped."""
         return self.sp.decode([[i for i in seq if i > EOS_ID] for seq in ids])
 
+    def pieces(self, ids: list[int]) -> list[str]:
+        """The piece of each id, special ids included (e.g. to label attention plots)."""
+        return self.sp.id_to_piece([int(i) for i in ids])
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.model_proto == other.model_proto
 
