@@ -178,7 +178,7 @@ class ResumableCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        by_steps = bool(self.every_steps) and trainer.global_step % self.every_steps == 0
+        by_steps = self.every_steps is not None and trainer.global_step % self.every_steps == 0
         by_time = self.every_s is not None and time.monotonic() - self._last_save >= self.every_s
         self._save_if(trainer, by_steps or by_time)
 

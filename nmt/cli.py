@@ -17,9 +17,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.config import CONF_DIR, check_overrides
 from nmt.errors import NMTError
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 log = logging.getLogger("nmt")
 
@@ -77,8 +76,24 @@ def resume_command(checkpoint: Path) -> str:
     return shlex.join([*kept, f"run_dir={checkpoint.parent.parent}", "ckpt_path=last"])
 
 
+def run_hydra(config_name: str, fn: Callable[[DictConfig], Any]) -> None:
+    """``fn`` under ``hydra.main``, after composing the command line's overrides once
+    ourselves: a misspelt key, a wrong type or an unknown choice is then one line naming
+    the valid ones (exit 2) instead of Hydra's report. Sweeps (-m) and Hydra's own flags
+    go straight to Hydra."""
+    args = sys.argv[1:]
+    if not any(a.startswith("-") for a in args):
+        overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
+        try:
+            check_overrides(config_name, overrides)
+        except NMTError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(fn)()
+
+
 def train_main() -> None:
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(train)()
+    run_hydra("train", train)
 
 
 def _log_to_stderr() -> None:
@@ -106,15 +121,15 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def translate_main() -> None:
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="translate")(translate)()
+    run_hydra("translate", translate)
 
 
 def evaluate_main() -> None:
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")(evaluate)()
+    run_hydra("evaluate", evaluate)
 
 
 def prepare_main() -> None:
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")(prepare)()
+    run_hydra("prepare", prepare)
 
 
 if __name__ == "__main__":

@@ -75,13 +75,13 @@ class ContinuedCSVLogger(CSVLogger):
 
     def __init__(self, save_dir: str | os.PathLike, resume_step: int | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(save_dir, flush_logs_every_n_steps=1, **kwargs)
+        super().__init__(Path(save_dir), flush_logs_every_n_steps=1, **kwargs)
         self._resume_step = resume_step
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
+        if not isinstance(self._experiment, ExperimentWriter):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ContinuedWriter(self.log_dir, self._resume_step)
         return self._experiment

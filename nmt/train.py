@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
@@ -147,7 +147,7 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
                                cfg.loss.label_smoothing, plain(cfg.validation),
                                plain(cfg.test_decoding), cfg.data.clean.get("max_len"))
     module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
-    loggers = make_loggers(run_dir, resume)
+    loggers = make_loggers(cfg, run_dir, resume)
     callbacks = make_callbacks(cfg, run_dir, trainer_cfg, module)
     try:
         trainer = L.Trainer(**trainer_cfg, callbacks=callbacks, logger=loggers,
@@ -158,12 +158,30 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
     return dm, module, trainer
 
 
-def make_loggers(run_dir: Path, resume: Resume | None) -> list[Any]:
-    """CSV and TensorBoard logs in the run directory; a resumed run continues both."""
+def make_loggers(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> list[Any]:
+    """logs/metrics.csv, always, and the loggers of the ``logger`` group, instantiated by
+    Hydra with the run directory as their ``save_dir``; a resumed run continues them."""
     step = None if resume is None else resume.global_step
-    purge = {} if resume is None else {"purge_step": resume.global_step}
-    return [ContinuedCSVLogger(run_dir, name="logs", version="", resume_step=step),
-            TensorBoardLogger(run_dir, name="tensorboard", version="", **purge)]
+    loggers: list[Any] = [ContinuedCSVLogger(run_dir, name="logs", version="",
+                                             resume_step=step)]
+    for name, spec in (cfg.get("logger") or {}).items():
+        loggers.append(instantiate_logger(name, spec, run_dir, step))
+    return loggers
+
+
+def instantiate_logger(name: str, spec: DictConfig, run_dir: Path, resume_step: int | None
+                       ) -> Any:
+    try:
+        cls = get_class(spec._target_)
+        extra: dict[str, Any] = {}
+        if "save_dir" in inspect.signature(cls).parameters and spec.get("save_dir") is None:
+            extra["save_dir"] = str(run_dir)
+        if issubclass(cls, TensorBoardLogger) and resume_step is not None:
+            extra["purge_step"] = resume_step  # hide the events after the checkpoint
+        return instantiate(spec, **extra)
+    except (InstantiationException, ImportError, AttributeError, ValueError) as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"logger.{name}: {str(cause).strip().splitlines()[0]}") from None
 
 
 def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],

@@ -20,6 +20,7 @@ from test_model import OPTIONS, grid_options, toy_batch
 from torch import nn
 from train_helpers import ROOT
 
+from nmt.decoding import Decoding
 from nmt.errors import CheckpointError
 from nmt.model import build_model, model_from_checkpoint, model_record
 from nmt.model.attention import ATTENTIONS, Attention, attention_choices, register_attention
@@ -153,7 +154,8 @@ def test_registered_parts_train_and_decode(registries, which):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     opt.step()
     assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
-    hyps = greedy_search(model.eval(), src, lengths, max_len_a=0, max_len_b=5)
+    hyps = greedy_search(model.eval(), src, lengths, Decoding(beam_size=1, max_len_a=0,
+                                                              max_len_b=5))
     assert len(hyps) == 4 and all(1 <= len(h[0].tokens) <= 5 for h in hyps)
     torch.testing.assert_close(model_from_checkpoint(checkpoint_of(model))(src, lengths, tgt),
                                model(src, lengths, tgt), rtol=0, atol=0)

@@ -1,0 +1,169 @@
+"""Structured configs: the schema of ``conf/train.yaml``, registered with Hydra.
+
+Every node whose keys are ours has a typed schema, so that a misspelt key or a
+value of the wrong type fails when the config is composed, before anything runs.
+Nodes whose keys belong to another library stay open and are checked where they
+are used: ``trainer`` (keyword arguments of lightning.Trainer), ``optim`` (those of
+its ``_target_``), ``logger`` and ``callbacks.extra`` (Hydra ``_target_`` nodes).
+
+``check_overrides`` composes a config the way the command line would and turns
+a composition error into one line that names the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nmt.data.tokenizer import TokenizerConfig
+from nmt.decoding import Decoding
+from nmt.errors import ConfigError
+from nmt.model.registry import MODEL_DEFAULTS, SIZES, resolve_config
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _open_copy(cls: type, name: str) -> type:
+    """A plain (mutable, unvalidated) dataclass with the fields and types of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return dataclasses.make_dataclass(name, [
+        (f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(cls)])
+
+
+def _model_schema() -> type:
+    # The options of the text model, from the registry itself: types from the defaults.
+    options = resolve_config({})
+    fields = []
+    for key, value in options.items():
+        kind: Any = (int | None) if key in SIZES and value is None else type(value)
+        fields.append((key, kind, field(default=value)))
+    assert set(MODEL_DEFAULTS) <= set(options)
+    return dataclasses.make_dataclass("ModelConfig", fields)
+
+
+ModelConfig = _model_schema()
+DecodingConfig = _open_copy(Decoding, "DecodingConfig")
+TokenizerSchema = _open_copy(TokenizerConfig, "TokenizerConfig")
+
+
+@dataclass
+class DataConfig:
+    name: str = "???"
+    src_lang: str = "???"
+    tgt_lang: str = "???"
+    corpus: str | None = None
+    splits: dict[str, str | None] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+    root: str = "data"
+    local_dir: str | None = None
+    clean: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchingConfig:
+    max_tokens: int = 4096
+    eval_max_tokens: int = 8192
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class CallbacksConfig:
+    monitor: str = "val/bleu"
+    early_stopping_patience: int | None = 8
+    save_top_k: int = 1
+    every_n_minutes: float | None = 10.0
+    every_n_train_steps: int | None = None
+    slurm_auto_requeue: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerSchema = field(default_factory=TokenizerSchema)  # type: ignore[valid-type]
+    model: ModelConfig = field(default_factory=ModelConfig)  # type: ignore[valid-type]
+    optim: Any = None
+    trainer: dict[str, Any] = field(default_factory=dict)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    logger: dict[str, Any] = field(default_factory=dict)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    validation: DecodingConfig = field(  # type: ignore[valid-type]
+        default_factory=DecodingConfig)
+    test_decoding: DecodingConfig = field(  # type: ignore[valid-type]
+        default_factory=DecodingConfig)
+    name: str = "???"
+    seed: int = 1
+    run_dir: str | None = None
+    ckpt_path: str | None = None
+    test_after_training: bool = True
+
+
+def register() -> None:
+    """Make ``train_schema`` known to Hydra (conf/train.yaml starts from it)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+register()
+
+
+# -- errors as one line ---------------------------------------------------------------------
+
+
+def _valid_keys(cfg: DictConfig, node: str) -> list[str]:
+    value = OmegaConf.select(cfg, node) if node else cfg
+    return sorted(str(k) for k in value) if isinstance(value, DictConfig) else []
+
+
+def explain(error: Exception, base: DictConfig | None) -> str:
+    """One line for a Hydra/OmegaConf composition error, with the valid keys when a key
+    is unknown (looked up in ``base``, the config composed without overrides)."""
+    text = str(error)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], re.M)
+        return f"{group}={option}: no such choice; valid choices: {', '.join(options)}"
+    full_key = re.search(r"full_key: (\S+)", text) or re.search(
+        r"Could not (?:override|append to) '([^']+)'", text)
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    key = full_key.group(1) if full_key else None
+    if key and ("not in" in text or "not in struct" in text or "Could not" in first):
+        parent, _, name = key.rpartition(".")
+        valid = _valid_keys(base, parent) if base is not None else []
+        if valid and name not in valid:
+            return f"{key}: unknown key; valid keys: {', '.join(valid)}"
+    cause = re.search(r"^(Value .*?|Invalid value .*?)$", text, re.M)
+    reason = cause.group(1) if cause else first
+    return f"{key}: {reason}" if key and key not in reason else reason
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``config_name`` with ``overrides`` as the command line would; a ConfigError
+    with one line if that fails."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        try:
+            return compose(config_name=config_name, overrides=overrides)
+        except (OmegaConfBaseException, ValueError, KeyError) as e:
+            error: Exception = e
+        except Exception as e:  # Hydra's ConfigCompositionException and kin
+            error = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+        try:
+            base = compose(config_name=config_name)
+        except Exception:  # the config itself is broken: no valid keys to offer
+            base = None
+    raise ConfigError(explain(error, base))
