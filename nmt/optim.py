@@ -81,8 +81,7 @@ def _scheduler(cfg: dict[str, Any], optimizer: Optimizer, monitor: tuple[str, st
             raise ConfigError(f"{where}.mode: follows callbacks.monitor (max for BLEU/chrF, "
                               "min for loss/ppl); remove it")
         extra["mode"] = monitor[1]
-    if "total_steps" in (_keywords(_target(cfg, where), where) or ()) and \
-            cfg.get("total_steps") is None:
+    if "total_steps" in (_keywords(cfg, where) or ()) and cfg.get("total_steps") is None:
         cfg["total_steps"] = total_steps()
     scheduler = _make(cfg, where, optimizer, check=_is_scheduler, **extra)
     config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
@@ -94,7 +93,7 @@ def _scheduler(cfg: dict[str, Any], optimizer: Optimizer, monitor: tuple[str, st
 def _make(cfg: dict[str, Any], where: str, first: Any, check: Callable[[Any], bool],
           **extra: Any) -> Any:
     """``cfg``'s target called with ``first`` (the parameters, or the optimizer)."""
-    valid = _keywords(_target(cfg, where), where)
+    valid = _keywords(cfg, where)
     unknown = set() if valid is None else set(cfg) - HYDRA_KEYS - valid
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for {cfg['_target_']}; "
@@ -135,12 +134,12 @@ def _target(cfg: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: unknown _target_ {path!r}") from None
 
 
-def _keywords(target: Any, where: str) -> set[str] | None:
-    """The keyword arguments ``target`` takes after its first (None: any, it has **kwargs)."""
+def _keywords(cfg: dict[str, Any], where: str) -> set[str] | None:
+    """The keyword arguments the target takes after its first (None: any, it has **kwargs)."""
     try:
-        params = list(inspect.signature(target).parameters.values())[1:]
+        params = list(inspect.signature(_target(cfg, where)).parameters.values())[1:]
     except (TypeError, ValueError):  # a module, a constant, a builtin without a signature
-        raise ConfigError(f"{where}._target_: {target!r} cannot be called") from None
+        raise ConfigError(f"{where}._target_: {cfg['_target_']} cannot be called") from None
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.kind is not p.VAR_POSITIONAL}
