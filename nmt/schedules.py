@@ -43,6 +43,9 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
     optimizer's learning rate. The module fills in ``total_steps`` when the config
     leaves it null.
     """
+    if not math.isfinite(total_steps):  # the trainer's estimate of an endless run
+        raise ValueError("the run's length is unknown; set optim.scheduler.total_steps or "
+                         "trainer.max_steps")
     min_factor = min_lr / optimizer.defaults.get("lr", 1.0)
     return LambdaLR(optimizer, functools.partial(
         cosine_factor, warmup_steps=int(warmup_steps), total_steps=int(total_steps),

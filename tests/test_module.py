@@ -102,3 +102,10 @@ def test_signatures_are_those_of_the_scores():
     scores = corpus_scores(["a small boat ."], ["a big boat ."], ("bleu", "chrf", "bleu_lc"))
     assert signatures(("bleu", "chrf", "bleu_lc")) == {
         k: v for k, v in scores.items() if k.endswith("_signature")}
+
+
+def test_warmup_cosine_needs_a_finite_run():
+    cosine = {"_target_": "nmt.schedules.warmup_cosine", "total_steps": None}
+    with pytest.raises(ConfigError, match=r"optim.scheduler: .*set optim.scheduler.total_steps"):
+        build_optimizer({**ADAM, "scheduler": cosine}, params(), ("val/bleu", "max"),
+                        total_steps=lambda: float("inf"))
