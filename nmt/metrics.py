@@ -28,3 +28,17 @@ def corpus_scores(hypotheses: list[str], references: list[str],
         out[name] = round(metric.corpus_score(hypotheses, [references]).score, 4)
         out[f"{name}_signature"] = str(metric.get_signature())
     return out
+
+
+def signatures(metrics: tuple[str, ...] = METRICS) -> dict[str, str]:
+    """``{name_signature: signature}``, as :func:`corpus_scores` reports them.
+
+    A signature depends only on the metric's settings and the number of references
+    (one here), but sacrebleu gives it only after a scoring: one of a dummy sentence.
+    """
+    out = {}
+    for name in metrics:
+        metric = _metric(name)
+        metric.corpus_score(["a"], [["a"]])
+        out[f"{name}_signature"] = str(metric.get_signature())
+    return out

@@ -28,12 +28,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.callbacks import Throughput
 from nmt.checkpointing import LAST, AtomicCheckpointIO, ResumableCheckpoint
 from nmt.data.datamodule import NMTDataModule
 from nmt.decoding import load_checkpoint
 from nmt.errors import CheckpointError, ConfigError
 from nmt.loggers import ContinuedCSVLogger, read_rows
-from nmt.module import TranslationModule
+from nmt.metrics import signatures
+from nmt.module import EVAL_METRICS, TranslationModule
+from nmt.optim import check_optim, follows_metric
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,7 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
         raise ConfigError("model.tie_src_tgt=true needs a joint vocabulary (tokenizer=spm_joint)")
     # Build the module once with a dummy vocabulary: every model/optim error shows up
     # now, before any data is touched.
+    check_optim(optim_cfg)
     TranslationModule(8, 8, model_cfg, optim_cfg, cfg.loss.label_smoothing,
                       plain(cfg.validation), plain(cfg.test_decoding))
 
@@ -145,7 +149,8 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
     module = TranslationModule(prepared.src_tokenizer.vocab_size,
                                prepared.tgt_tokenizer.vocab_size, model_cfg, optim_cfg,
                                cfg.loss.label_smoothing, plain(cfg.validation),
-                               plain(cfg.test_decoding), cfg.data.clean.get("max_len"))
+                               plain(cfg.test_decoding), cfg.data.clean.get("max_len"),
+                               references=dm.references)
     module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
     loggers = make_loggers(cfg, run_dir, resume)
     callbacks = make_callbacks(cfg, run_dir, trainer_cfg, module)
@@ -195,7 +200,8 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
                                    cb.every_n_train_steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    callbacks: list[L.Callback] = [last, LearningRateMonitor(logging_interval="step")]
+    callbacks: list[L.Callback] = [last, LearningRateMonitor(logging_interval="step"),
+                                   Throughput()]
     module.monitor = (cb.monitor, MONITORS[cb.monitor])
     if validation_runs(trainer_cfg):
         log.info("best checkpoint%s: by %s (%s)", "" if cb.early_stopping_patience is None
@@ -209,10 +215,10 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
             callbacks.append(EarlyStopping(monitor=cb.monitor, mode=MONITORS[cb.monitor],
                                            patience=cb.early_stopping_patience, strict=False))
     else:
-        if (cfg.optim.get("scheduler") or {}).get("name") == "plateau":
-            raise ConfigError("optim.scheduler=plateau follows a validation metric, but "
+        if follows_metric(plain(cfg.optim)):
+            raise ConfigError("optim.scheduler: plateau follows a validation metric, but "
                               "validation is off (limit_val_batches=0); set "
-                              "optim.scheduler.name=none")
+                              "optim.scheduler=null")
         log.info("validation is off: no best checkpoint and no early stopping; "
                  "checkpoints/last.ckpt is kept")
     if trainer_cfg.get("enable_progress_bar", True):
@@ -260,8 +266,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for result in trainer.test(module, datamodule=dm, ckpt_path=scored, verbose=False):
             metrics.update({k: float(v) for k, v in result.items()})
     if trainer.is_global_zero:
-        summary = {"run_dir": str(run_dir), "best_checkpoint": best, **metrics,
-                   **{k: v for k, v in module.scores.items() if k.endswith("signature")},
+        # The sacrebleu signatures of the last scores: the test's if it ran, else validation's.
+        prefix = "test" if "test/bleu" in metrics else "val"
+        signed = {f"{prefix}/{k}": v for k, v in signatures(EVAL_METRICS).items()
+                  if f"{prefix}/bleu" in metrics}
+        summary = {"run_dir": str(run_dir), "best_checkpoint": best, **metrics, **signed,
                    "test_decoding": plain(cfg.test_decoding),
                    "validations": validation_history(run_dir)}
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))

@@ -172,7 +172,7 @@ def test_no_validation_keeps_last_and_refuses_plateau(toy_cfg, tmp_path):
             "+trainer.limit_val_batches=0"]
     with pytest.raises(ConfigError, match="plateau follows a validation metric"):
         build(compose_train(base), tmp_path / "run")
-    metrics = train(compose_train([*base, "optim.scheduler.name=none"]))
+    metrics = train(compose_train([*base, "optim.scheduler=null"]))
     assert "test/bleu" in metrics  # scored with last.ckpt, since there is no best
     assert not list((tmp_path / "run" / "checkpoints").glob("best-*"))
 

@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides
 
 from nmt.errors import ConfigError
-from nmt.module import TranslationModule, label_smoothed_nll
+from nmt.loss import label_smoothed_nll
+from nmt.module import TranslationModule
+from nmt.optim import check_optim
 from nmt.train import build, check_trainer, plain, train
 
 
@@ -35,13 +37,16 @@ def toy_cfg(toy_dir, tmp_path) -> dict:
 def test_model_and_optim_configs_build(model, optim):
     cfg = compose_train([f"model={model}", f"optim={optim}", "optim.scheduler.total_steps=100"]
                         if optim == "adam_cosine" else [f"model={model}", f"optim={optim}"])
+    check_optim(plain(cfg.optim))
     module = TranslationModule(20, 20, plain(cfg.model), plain(cfg.optim),
                                cfg.loss.label_smoothing, plain(cfg.validation))
     assert module.model.__class__.__name__ == "Seq2Seq"
     assert cfg.model.cell == {"lstm": "lstm", "gru": "gru", "rnn": "rnn"}[model]
     opt = module.configure_optimizers()
-    optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
-    assert type(optimizer).__name__.lower() == cfg.optim.name
+    assert type(opt["optimizer"]).__name__ == cfg.optim._target_.rsplit(".", 1)[1]
+    scheduler = opt["lr_scheduler"]["scheduler"]
+    assert type(scheduler).__name__ == {"adam": "ReduceLROnPlateau", "sgd": "ReduceLROnPlateau",
+                                        "adamw": "LambdaLR", "adam_cosine": "LambdaLR"}[optim]
 
 
 @pytest.mark.parametrize("trainer", choices("trainer"))
@@ -59,6 +64,7 @@ def test_trainer_configs_instantiate(trainer, tmp_path):
 def test_experiment_configs_compose():
     for name in choices("experiment"):
         cfg = compose_train([f"experiment={name}"])
+        check_optim(plain(cfg.optim))
         TranslationModule(20, 20, plain(cfg.model), plain(cfg.optim))
 
 
@@ -66,8 +72,17 @@ def test_experiment_configs_compose():
     ("model.cell=transformer", r"model: unknown cell 'transformer'.*lstm"),
     ("model.attention=magic", r"model: unknown attention 'magic'.*bahdanau"),
     ("model.emb_size=-4", "model: .*emb_size"),
-    ("optim.name=adagrad", "unknown optimizer 'adagrad'; valid choices: adam, adamw, sgd"),
-    ("optim.scheduler.name=step", "unknown scheduler 'step'; valid choices: none, plateau"),
+    ("optim._target_=torch.optim.Adagradx", "optim: unknown _target_ 'torch.optim.Adagradx'"),
+    ("+optim.foo=1", r"optim: unknown key\(s\) \['foo'\] for torch.optim.Adam; valid keys: "
+                     r"amsgrad, betas, .*, lr,"),
+    ("optim.betas=[1.5,0.9]", "optim: torch.optim.Adam: Invalid beta parameter at index 0"),
+    ("optim.lr=0", "optim.lr must be positive, got 0"),
+    ("optim.scheduler._target_=torch.optim.lr_scheduler.StepLRx",
+     "optim.scheduler: unknown _target_ 'torch.optim.lr_scheduler.StepLRx'"),
+    ("+optim.scheduler.foo=1", r"optim.scheduler: unknown key\(s\) \['foo'\] for "
+                               r"torch.optim.lr_scheduler.ReduceLROnPlateau; valid keys: .*factor"),
+    ("optim.scheduler.interval=batch", "optim.scheduler.interval must be one of step, epoch"),
+    ("+optim.scheduler.mode=max", "optim.scheduler.mode: follows callbacks.monitor"),
     ("+trainer.max_epoch=3", r"trainer: unknown key\(s\) \['max_epoch'\]"),
     ("loss.label_smoothing=1.5", r"label_smoothing must be in \[0, 1\)"),
     ("+validation.beam=3", r"validation: unknown key\(s\) \['beam'\]; valid keys: beam_size"),
@@ -109,10 +124,12 @@ def test_label_smoothed_loss_matches_torch():
 # --- training runs ---------------------------------------------------------------------------
 
 
-def test_fast_dev_run(toy_cfg, tmp_path):
-    cfg = compose_train([*toy_overrides(toy_cfg, tmp_path / "run"), "trainer=debug"])
+def test_fast_dev_run_with_any_torch_optimizer(toy_cfg, tmp_path):
+    cfg = compose_train([*toy_overrides(toy_cfg, tmp_path / "run"), "trainer=debug",
+                         "optim._target_=torch.optim.RAdam"])
     recorder, trainer = fit_recorded(cfg)
     assert trainer.global_step == 1 and len(recorder.steps) == 1
+    assert type(trainer.optimizers[0]).__name__ == "RAdam"
 
 
 def test_train_writes_run_dir_and_checkpoint_with_tokenizers(toy_cfg, tmp_path):
@@ -126,8 +143,11 @@ def test_train_writes_run_dir_and_checkpoint_with_tokenizers(toy_cfg, tmp_path):
     assert "=" not in best.name  # usable as checkpoint=PATH in a Hydra override
     assert list((run / "tensorboard").glob("events.*"))
     logged = (run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss", "train/ppl", "train/acc", "train/tokens_per_s", "val/bleu"} <= set(
-        logged)
+    assert {"train/loss", "train/ppl", "train/acc", "train/tokens_per_s", "val/bleu",
+            "val/train_minutes"} <= set(logged)
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["test/bleu_signature"].startswith("nrefs:1|case:mixed|")  # the last scores
+    assert "test/chrf_signature" in summary and "val/bleu_signature" not in summary
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["tokenizers"]["src"] and ckpt["tokenizers"]["tgt"]
     assert ckpt["hyper_parameters"]["model"]["cell"] == "lstm"
@@ -190,6 +210,7 @@ def test_train_command_line(toy_cfg, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert "val/bleu" in metrics
+    assert "val/bleu_lc_signature" in json.loads((run / "metrics.json").read_text())
     assert OmegaConf.load(run / "config.yaml").model.cell == "lstm"
 
 

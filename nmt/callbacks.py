@@ -1,0 +1,47 @@
+"""Training callbacks of our own: throughput and training time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+
+from nmt.data.dataset import Batch
+from nmt.data.tokenizer import PAD_ID
+
+
+class Throughput(L.Callback):
+    """Logs ``train/tokens_per_s`` (real tokens, all ranks) and ``val/train_minutes``.
+
+    Tokens per second count source and target tokens without padding, over the time from
+    one step's end to the next, so data loading is included. ``val/train_minutes`` is
+    the time since this fit started (a resumed run starts again from 0), logged at every
+    validation to plot a score against training time.
+    """
+
+    def __init__(self) -> None:
+        self._fit_start: float | None = None
+        self._step_start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule,
+                             batch: Batch, batch_idx: int) -> None:
+        if self._step_start is None:
+            self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
+                           batch: Batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        elapsed = now - (self._step_start or now)
+        self._step_start = now
+        real = int(batch.src_lengths.sum()) + int((batch.tgt_out != PAD_ID).sum())
+        if elapsed > 0:
+            module.log("train/tokens_per_s", real / elapsed * trainer.world_size,
+                       prog_bar=True, batch_size=batch.src.size(0))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._fit_start is not None and not trainer.sanity_checking:
+            module.log("val/train_minutes", (time.perf_counter() - self._fit_start) / 60)
