@@ -14,6 +14,8 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 
+import nmt  # noqa: F401  (registers the config schema conf/train.yaml starts from)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
