@@ -128,6 +128,7 @@ class ResumableCheckpoint(L.Callback):
         self._last_save = time.monotonic()
         self._restored_rng: dict[str, Any] | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self.active = True
 
     # -- state carried by every checkpoint (this one's and ModelCheckpoint's) -------------
 
@@ -140,6 +141,9 @@ class ResumableCheckpoint(L.Callback):
     # -- signals ---------------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.active = not trainer.fast_dev_run  # a smoke test writes no checkpoint
+        if not self.active:
+            return
         # After Lightning installed its own handlers: ours decide what a signal does.
         if self._restored_rng is not None:
             set_rng_states(self._restored_rng)
@@ -187,6 +191,8 @@ class ResumableCheckpoint(L.Callback):
         self._save_if(trainer, True)
 
     def _save_if(self, trainer: L.Trainer, due: bool) -> None:
+        if not self.active:
+            return
         flags = torch.tensor([float(due), float(self.signum is not None)])
         if trainer.world_size > 1:  # every rank takes the same decision
             flags = trainer.strategy.reduce(flags.to(trainer.strategy.root_device),
