@@ -17,7 +17,7 @@ endif
 DEMO_ARGS ?= trainer.max_epochs=1
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast lint bench-data bench-train bench-translate
+.PHONY: install demo test test-fast lint typecheck bench-data bench-train bench-translate
 
 install: $(VENV)/.installed
 
@@ -37,7 +37,10 @@ demo: install
 lint: install
 	$(PY) -m ruff check .
 
-test: lint
+typecheck: install
+	$(PY) -m mypy
+
+test: lint typecheck
 	$(PY) -m pytest -m "slow or not slow"
 
 test-fast: install

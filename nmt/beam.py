@@ -71,7 +71,8 @@ _Finished = list[tuple[float, list[int], torch.Tensor | None]]  # (score, tokens
 class _Sentences(NamedTuple):
     """The b sentences still searched, one row each; done ones leave with ``select``."""
 
-    index: torch.Tensor  # (b,) position in the input batch
+    # not `index`: that name would shadow tuple.index
+    batch_index: torch.Tensor  # (b,) position in the input batch
     limits: torch.Tensor  # (b,) most output tokens, EOS included
     max_lp: torch.Tensor  # (b,) the length penalty at the limit
     n_finished: torch.Tensor  # (b,) finished hypotheses so far
@@ -89,7 +90,7 @@ class _Sentences(NamedTuple):
 
     def select(self, keep: torch.Tensor) -> _Sentences:
         limits = self.limits[keep]
-        return _Sentences(self.index[keep], limits, self.max_lp[keep], self.n_finished[keep],
+        return _Sentences(self.batch_index[keep], limits, self.max_lp[keep], self.n_finished[keep],
                           self.best_finished[keep], int(limits.min()))
 
 
@@ -208,7 +209,7 @@ def _harvest(cand: _Candidates, beam: _Beam, sents: _Sentences, step: int, d: De
     i, j = fin_at.unbind(1)
     fin_rows = i * beam.width + cand.beam[i, j]  # (F,)
     fin_attn = None
-    for s, score, toks, row in zip(sents.index[i].tolist(), fin_scores[i, j].tolist(),
+    for s, score, toks, row in zip(sents.batch_index[i].tolist(), fin_scores[i, j].tolist(),
                                    beam.history[fin_rows].tolist(), fin_rows.tolist(),
                                    strict=True):
         if beam.attention is not None:

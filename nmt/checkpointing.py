@@ -79,7 +79,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def rng_states() -> dict[str, Any]:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(), "python": random.getstate(),
         "numpy": (name, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from nmt.data.tokenizer import PAD_ID
@@ -18,7 +20,10 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, real, smoothing):  # (N, V), (N,), (N,) bool, float
+    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor, real: torch.Tensor,
+                smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # ctx is typed Any as torch does: it also carries our own attribute, `smoothing`.
+        # Shapes: logits (N, V), target (N,), real (N,) in logits' dtype (1 for a real token).
         lse = torch.logsumexp(logits, dim=-1)  # (N,)
         nll = (lse - logits.gather(1, target.unsqueeze(1)).squeeze(1)) * real
         uniform = (lse - logits.mean(dim=-1)) * real  # -mean_v log p_v
@@ -30,7 +35,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         return loss, nll_sum
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_nll):
+    def backward(ctx: Any, grad_loss: torch.Tensor, grad_nll: torch.Tensor
+                 ) -> tuple[torch.Tensor, None, None, None]:
         logits, lse, target, real = ctx.saved_tensors
         eps = ctx.smoothing
         grad = torch.softmax(logits, dim=1)  # (N, V); faster here than exp(logits - lse)

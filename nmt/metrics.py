@@ -7,14 +7,19 @@ report it that way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.metrics.base import Metric
 
 METRICS = ("bleu", "chrf", "ter", "bleu_lc")
 
 
-def _metric(name: str):
-    return {"bleu": BLEU, "chrf": CHRF, "ter": TER,
-            "bleu_lc": lambda: BLEU(lowercase=True, tokenize="13a")}[name]()
+def _metric(name: str) -> Metric:
+    factories: dict[str, Callable[[], Metric]] = {
+        "bleu": BLEU, "chrf": CHRF, "ter": TER,
+        "bleu_lc": lambda: BLEU(lowercase=True, tokenize="13a")}
+    return factories[name]()
 
 
 def corpus_scores(hypotheses: list[str], references: list[str],

@@ -93,12 +93,14 @@ class TranslationModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self(batch)
         loss, nll, n_tokens = label_smoothed_nll(logits, batch.tgt_out,
-                                                 self.hparams.label_smoothing)
+                                                 self.hparams["label_smoothing"])
         n = n_tokens.clamp(min=1)
         bsz = batch.src.size(0)
         self.log("train/loss", loss / n, prog_bar=True, batch_size=bsz)
         self.log("train/ppl", torch.exp((nll / n).clamp(max=50)), batch_size=bsz)
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        # Trainer sets log_every_n_steps in __init__ through a connector; its stub lacks it.
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]
+        if self.trainer.global_step % every == 0:
             # Token accuracy needs an argmax over (B, T, V): only on steps that are logged.
             with torch.no_grad():
                 real = batch.tgt_out != PAD_ID
@@ -109,35 +111,28 @@ class TranslationModule(L.LightningModule):
     # -- validation and test: loss, perplexity, and BLEU/chrF of decoded translations ----
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_start()
+        self._val_outputs = []
+        self._val_sums = torch.zeros(3, device=self.device)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch)
+        logits = self(batch)
+        loss, nll, n_tokens = label_smoothed_nll(logits, batch.tgt_out,
+                                                 self.hparams["label_smoothing"])
+        self._val_sums += torch.stack([loss.detach(), nll.detach(), n_tokens.float()])
+        settings = self.hparams["test_decoding" if self.trainer.testing else "validation"]
+        hyps = self.best_token_ids(batch, **settings)
+        self._val_outputs.append((batch.indices.tolist(), hyps))
 
     def on_validation_epoch_end(self) -> None:
         self._eval_end("val", "valid")
 
-    def on_test_epoch_start(self) -> None:
-        self._eval_start()
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch)
+    # A test is a validation on the test split with test_decoding (validation_step reads
+    # trainer.testing): the same hooks, not a copy. Lightning finds hooks by attribute name.
+    on_test_epoch_start = on_validation_epoch_start
+    test_step = validation_step
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test", "test")
-
-    def _eval_start(self) -> None:
-        self._val_outputs = []
-        self._val_sums = torch.zeros(3, device=self.device)
-
-    def _eval_step(self, batch: Batch) -> None:
-        logits = self(batch)
-        loss, nll, n_tokens = label_smoothed_nll(logits, batch.tgt_out,
-                                                 self.hparams.label_smoothing)
-        self._val_sums += torch.stack([loss.detach(), nll.detach(), n_tokens.float()])
-        settings = self.hparams.test_decoding if self.trainer.testing else self.hparams.validation
-        hyps = self.best_token_ids(batch, **settings)
-        self._val_outputs.append((batch.indices.tolist(), hyps))
 
     def best_token_ids(self, batch: Batch, **settings: Any) -> list[list[int]]:
         """Best hypothesis' token ids for each sentence (greedy when beam_size is 1)."""
@@ -165,8 +160,8 @@ class TranslationModule(L.LightningModule):
             return
         refs = self.references(split)
         by_index: dict[int, list[int]] = {}
-        for indices, hyps in outputs:
-            by_index.update(zip(indices, hyps, strict=True))
+        for indices, token_ids in outputs:
+            by_index.update(zip(indices, token_ids, strict=True))
         decoded = sorted(by_index)
         if len(decoded) < len(refs) and not self._partial_noted:
             # limit_val_batches: the scores are those of the decoded part (the same part at
@@ -179,12 +174,12 @@ class TranslationModule(L.LightningModule):
         hyps = self.tgt_tokenizer.decode([by_index[i] for i in decoded])
         scores = corpus_scores(hyps, [refs[i] for i in decoded], EVAL_METRICS)
         for name in EVAL_METRICS:
-            self.log(f"{prefix}/{name}", scores[name], prog_bar=name == "bleu")
+            self.log(f"{prefix}/{name}", float(scores[name]), prog_bar=name == "bleu")
 
     # -- optimization --------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        return build_optimizer(self.hparams.optim, self.parameters(), self.monitor,
+        return build_optimizer(self.hparams["optim"], self.parameters(), self.monitor,
                                total_steps=lambda: self.trainer.estimated_stepping_batches)
 
 

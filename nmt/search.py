@@ -32,7 +32,7 @@ Returned tensors (attention) are ordinary tensors, usable outside inference mode
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, overload
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,10 @@ def max_lengths(src_lengths: torch.Tensor, max_len_a: float, max_len_b: int,
     return limits if max_len is None else limits.clamp(max=max_len)
 
 
+@overload
+def length_penalty(length: int, alpha: float) -> float: ...
+@overload
+def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor: ...
 def length_penalty(length: int | torch.Tensor, alpha: float) -> float | torch.Tensor:
     """GNMT length penalty ((5 + length) / 6) ** alpha; ``length`` counts the EOS."""
     return ((5 + length) / 6) ** alpha
@@ -100,6 +104,7 @@ def constrain(lprobs: torch.Tensor, step: int, min_len: int,
     if step < min_len:
         lprobs[:, EOS_ID] = NEG_INF
     if at_limit is not None:
+        assert eos is not None  # cloned above whenever at_limit is given
         lprobs.masked_fill_(at_limit.unsqueeze(1), NEG_INF)
         lprobs[:, EOS_ID] = torch.where(at_limit, eos, lprobs[:, EOS_ID])
 

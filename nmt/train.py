@@ -260,8 +260,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # The first ModelCheckpoint (make_callbacks puts ours first), None without validation.
+    best_cb = trainer.checkpoint_callback
+    best = best_cb.best_model_path if isinstance(best_cb, ModelCheckpoint) else ""
     scored = best or str(run_dir / "checkpoints" / LAST)
+    assert dm.prepared is not None  # fit ran dm.setup
     if cfg.test_after_training and "test" in dm.prepared.datasets and Path(scored).is_file():
         for result in trainer.test(module, datamodule=dm, ckpt_path=scored, verbose=False):
             metrics.update({k: float(v) for k, v in result.items()})

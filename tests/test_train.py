@@ -41,7 +41,10 @@ def test_model_and_optim_configs_build(model, optim):
     module = TranslationModule(20, 20, plain(cfg.model), plain(cfg.optim),
                                cfg.loss.label_smoothing, plain(cfg.validation))
     assert module.model.__class__.__name__ == "Seq2Seq"
-    assert cfg.model.cell == {"lstm": "lstm", "gru": "gru", "rnn": "rnn"}[model]
+    # The built recurrences are the config's cell, in the encoder and the decoder.
+    rnn_class = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[model]
+    assert type(module.model.encoder.rnn).__name__ == rnn_class
+    assert type(module.model.decoder.rnn).__name__ == rnn_class
     opt = module.configure_optimizers()
     assert type(opt["optimizer"]).__name__ == cfg.optim._target_.rsplit(".", 1)[1]
     scheduler = opt["lr_scheduler"]["scheduler"]

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import os
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from nmt.errors import DataError
 
@@ -28,7 +28,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 DATA_DIR_ENV = "NMT_DATA_DIR"
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     """Open a file for reading bytes, transparently un-gzipping it.
 
     Gzip is detected from the file's first bytes, not its name.
@@ -56,7 +56,7 @@ def read_lines(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[s
         yield from read_stream(f, str(path), allow_empty)
 
 
-def read_stream(f: IO[bytes], name: str, allow_empty: bool = False) -> Iterator[str]:
+def read_stream(f: Iterable[bytes], name: str, allow_empty: bool = False) -> Iterator[str]:
     """``read_lines`` for an open binary stream (e.g. stdin); ``name`` is used in errors."""
     n = 0
     try:
@@ -97,7 +97,8 @@ def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike
         raise DataError(_misaligned(src_path, n, tgt_path, n + rest))
 
 
-def _misaligned(src_path, n_src: int, tgt_path, n_tgt: int) -> str:
+def _misaligned(src_path: str | os.PathLike, n_src: int, tgt_path: str | os.PathLike,
+               n_tgt: int) -> str:
     return (
         f"source and target differ in length: {src_path} has {n_src} lines but "
         f"{tgt_path} has {n_tgt} lines; line N of one side must translate line N of the other"

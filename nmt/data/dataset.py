@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -141,24 +141,11 @@ def encode_split(files: ParallelFiles, src_tok: Tokenizer, tgt_tok: Tokenizer,
                     break
                 src_ids = src_tok.encode([s for s, _ in chunk])
                 tgt_ids = tgt_tok.encode([t for _, t in chunk])
-                keep = np.ones(len(chunk), dtype=bool)
-                if clean is not None:
-                    for k, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)):
-                        why = clean.reason(len(s), len(t))
-                        if why is not None:
-                            keep[k] = False
-                            setattr(report, why, getattr(report, why) + 1)
-                report.total += len(chunk)
-                idx = np.flatnonzero(keep)
+                idx = _kept(src_ids, tgt_ids, clean, report)
                 kept_lines.append(idx + line + 1)
                 line += len(chunk)
                 for ids, out, lens in ((src_ids, src_out, src_lens), (tgt_ids, tgt_out, tgt_lens)):
-                    kept = [ids[k] for k in idx]
-                    lengths = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
-                    flat = np.fromiter(chain.from_iterable(kept), dtype=dtype,
-                                       count=int(lengths.sum()))
-                    out.write(flat.tobytes())
-                    lens.append(lengths)
+                    lens.append(_write_ids([ids[k] for k in idx], out, dtype))
         report.kept = report.total - report.dropped
         for side, lens in (("src", src_lens), ("tgt", tgt_lens)):
             offsets = np.zeros(report.kept + 1, dtype=np.int64)
@@ -174,3 +161,26 @@ def encode_split(files: ParallelFiles, src_tok: Tokenizer, tgt_tok: Tokenizer,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return EncodeStats(report.total, time.perf_counter() - start)
+
+
+def _kept(src_ids: list[list[int]], tgt_ids: list[list[int]], clean: CleanConfig | None,
+          report: CleanReport) -> np.ndarray:
+    """Positions in the chunk of the pairs ``clean`` keeps (all without it), ascending;
+    counts the chunk's pairs and the dropped ones, by reason, in ``report``."""
+    keep = np.ones(len(src_ids), dtype=bool)
+    if clean is not None:
+        for k, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)):
+            why = clean.reason(len(s), len(t))
+            if why is not None:
+                keep[k] = False
+                setattr(report, why, getattr(report, why) + 1)
+    report.total += len(src_ids)
+    return np.flatnonzero(keep)
+
+
+def _write_ids(kept: list[list[int]], out: BinaryIO, dtype: np.dtype) -> np.ndarray:
+    """Append the sequences' ids to ``out``, concatenated; return their lengths (int64)."""
+    lengths = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
+    flat = np.fromiter(chain.from_iterable(kept), dtype=dtype, count=int(lengths.sum()))
+    out.write(flat.tobytes())
+    return lengths

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,11 @@ from nmt.data.dataset import FORMAT_VERSION, ParallelDataset, encode_split
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train
 from nmt.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+DataclassT = TypeVar("DataclassT", bound="DataclassInstance")  # what from_dict builds
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,7 @@ class DataConfig:
         self.clean_config()  # raises on unknown keys or bad values
 
 
-def from_dict(cls: type, values: Mapping[str, Any] | None, where: str):
+def from_dict(cls: type[DataclassT], values: Mapping[str, Any] | None, where: str) -> DataclassT:
     """Build a dataclass from a mapping, naming unknown keys and the valid ones."""
     values = dict(values or {})
     names = [f.name for f in dataclasses.fields(cls)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -68,6 +68,20 @@ def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dro
                               dropout=dropout if num_layers > 1 else 0.0)
 
 
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State:
+    """``fn`` applied to the state's tensor, or to each tensor of an (h, c) pair."""
+    if isinstance(state, tuple):
+        h, c = state
+        return fn(h), fn(c)
+    return fn(state)
+
+
+@overload
+def run_rnn(rnn: nn.Module, x: torch.Tensor, state: State | None = None
+            ) -> tuple[torch.Tensor, State]: ...
+@overload
+def run_rnn(rnn: nn.Module, x: PackedSequence, state: State | None = None
+            ) -> tuple[PackedSequence, State]: ...
 def run_rnn(rnn: nn.Module, x: torch.Tensor | PackedSequence, state: State | None = None
             ) -> tuple[torch.Tensor | PackedSequence, State]:
     """Call an nn.RNN/GRU/LSTM; under CPU autocast, in float32.
@@ -81,8 +95,6 @@ def run_rnn(rnn: nn.Module, x: torch.Tensor | PackedSequence, state: State | Non
     with torch.autocast("cpu", enabled=False):
         # x is a tensor or a PackedSequence
         x = x.float() if isinstance(x, torch.Tensor) else x._replace(data=x.data.float())
-        if isinstance(state, tuple):
-            state = tuple(s.float() for s in state)
-        elif state is not None:
-            state = state.float()
+        if state is not None:
+            state = map_state(torch.Tensor.float, state)
         return rnn(x, state)

@@ -11,13 +11,13 @@ paths use the same parameters and give the same result.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
 
 from nmt.model.attention import build_attention
-from nmt.model.cells import State, build_rnn, get_cell, run_rnn
+from nmt.model.cells import State, build_rnn, get_cell, map_state, run_rnn
 
 
 class DecoderState(NamedTuple):
@@ -58,6 +58,7 @@ class RNNDecoder(nn.Module):
         """h (B, [T,] H) -> attentional vectors (B, [T,] H) and weights (B, [T,] S)."""
         if self.attention is None:
             return self.dropout(h), None
+        assert self.combine is not None  # built together with the attention
         context, weights = self.attention(h, keys, memory, mask)
         out = torch.tanh(self.combine(torch.cat([h, context], dim=-1)))
         return self.dropout(out), weights
@@ -66,7 +67,10 @@ class RNNDecoder(nn.Module):
              memory: torch.Tensor, mask: torch.Tensor
              ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
         """One step: emb (B, E) of the previous token -> output (B, H), new state, attn (B, S)."""
-        x = torch.cat([emb, state.feed], dim=-1) if self.input_feeding else emb
+        x = emb
+        if self.input_feeding:
+            assert state.feed is not None  # initial_feed and step give one with input feeding
+            x = torch.cat([emb, state.feed], dim=-1)
         h, hidden = self._recur(x, state.hidden)  # (B, H)
         o, weights = self._attend(h, keys, memory, mask)
         return o, DecoderState(hidden, o if self.input_feeding else None), weights
@@ -86,8 +90,7 @@ class RNNDecoder(nn.Module):
         if torch.is_autocast_enabled("cpu"):  # as run_rnn: recurrences in float32 on CPU
             with torch.autocast("cpu", enabled=False):
                 x = x.float()
-                hidden = (tuple(t.float() for t in hidden) if isinstance(hidden, tuple)
-                          else hidden.float())
+                hidden = map_state(torch.Tensor.float, hidden)
                 return self._recur(x, hidden)
         hs, cs = [], []
         inp = x
@@ -102,7 +105,8 @@ class RNNDecoder(nn.Module):
             hs.append(h)
             inp = h
             if layer < self.num_layers - 1 and rnn.dropout and self.training:
-                inp = nn.functional.dropout(inp, rnn.dropout, training=True)
+                # nn.RNNBase keeps dropout as a float; Module.__getattr__'s stub says Tensor
+                inp = nn.functional.dropout(inp, cast(float, rnn.dropout), training=True)
         if self.num_layers == 1:  # the usual case: views, not stack's copies, every step
             return h, ((h.unsqueeze(0), cs[0].unsqueeze(0)) if self.paired else h.unsqueeze(0))
         return h, ((torch.stack(hs), torch.stack(cs)) if self.paired else torch.stack(hs))
@@ -114,11 +118,13 @@ class RNNDecoder(nn.Module):
         if not self.input_feeding:
             out, _ = run_rnn(self.rnn, emb, state.hidden)  # (B, T, H): the whole recurrence at once
             return self._attend(out, keys, memory, mask)
-        outputs, weights = [], []
+        outputs: list[torch.Tensor] = []
+        weights: list[torch.Tensor] = []
         for emb_t in emb.unbind(1):  # unbind: one backward node, no per-step zero-filled grads
             o, state, w = self.step(emb_t, state, keys, memory, mask)
             outputs.append(o)
-            weights.append(w)
+            if w is not None:  # None without attention
+                weights.append(w)
         attn = torch.stack(weights, dim=1) if self.attention is not None else None
         return torch.stack(outputs, dim=1), attn
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmt.model.cells import State, build_rnn, run_rnn
+from nmt.model.cells import State, build_rnn, map_state, run_rnn
 
 
 def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -64,11 +64,10 @@ class RNNEncoder(Encoder):
         emb = self.embed(src)  # (B, S, E)
         packed = pack_padded_sequence(self.dropout(emb), src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
-        outputs, final = run_rnn(self.rnn, packed)  # final (L*D, B, H), or (h, c)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+        packed_out, final = run_rnn(self.rnn, packed)  # final (L*D, B, H), or (h, c)
+        outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.size(1))
         mask = sequence_mask(src_lengths, src.size(1))  # (B, S)
-        top = (tuple(self._top_layer(s) for s in final) if isinstance(final, tuple)
-               else self._top_layer(final))
+        top = map_state(self._top_layer, final)
         return self.dropout(outputs), mask, top  # (B, S, H*D), (B, S), (B, H*D)
 
     def _top_layer(self, state: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from nmt.model.cells import State
+from nmt.model.cells import State, map_state
 from nmt.model.decoder import DecoderState, RNNDecoder
 from nmt.model.encoder import Encoder
 
@@ -35,9 +35,7 @@ class EncoderOutput(NamedTuple):
 
 
 def _select(state: State, index: torch.Tensor, dim: int) -> State:
-    if isinstance(state, tuple):
-        return tuple(s.index_select(dim, index) for s in state)  # type: ignore[return-value]
-    return state.index_select(dim, index)
+    return map_state(lambda s: s.index_select(dim, index), state)
 
 
 class Seq2Seq(nn.Module):
