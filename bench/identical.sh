@@ -14,15 +14,16 @@ PY=${PYTHON:-python3}
 data=${NMT_DATA_DIR:-../shared/data}
 out=${IDENTICAL_OUT:-runs/identical}/$device
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 gzip -dc "$data/multi30k/test_2016_flickr.en.gz" > "$out/test.en"
 result="{\"device\": \"$device\", \"lines\": $(wc -l < "$out/test.en")"
 for decoding in greedy beam5; do
   for side in old new; do
     dir=$([ "$side" = old ] && echo "$old" || pwd)
     start=$SECONDS
-    (cd "$dir" && "$PY" translate.py "checkpoint=$ckpt" "input=$(realpath "$out/test.en")" \
-      "output=$(realpath "$out")/$side-$decoding.de" "decoding=$decoding" "device=$device" \
-      progress=false 2> "$(realpath "$out")/$side-$decoding.log")
+    (cd "$dir" && "$PY" translate.py "checkpoint=$ckpt" "input=$out/test.en" \
+      "output=$out/$side-$decoding.de" "decoding=$decoding" "device=$device" \
+      progress=false 2> "$out/$side-$decoding.log")
     echo "$side $decoding: $((SECONDS - start)) s" >&2
   done
   if cmp -s "$out/old-$decoding.de" "$out/new-$decoding.de"; then same=true; else same=false; fi
