@@ -217,6 +217,7 @@ def test_record_holds_every_option_and_only_plain_values():
     assert record["src_vocab_size"] == V and record["tgt_vocab_size"] == 30
     assert record["config"]["cell"] == "gru" and record["config"]["encoder_layers"] == 1
     assert record["config"]["encoder"] == "rnn" and record["pad_id"] == 0
+    assert record["architecture"] == "seq2seq"
     record["config"]["cell"] = "lstm"  # a copy: the model's own record is untouched
     assert model.record["config"]["cell"] == "gru"
 
@@ -259,6 +260,8 @@ def test_checkpoint_without_record_loads_from_hyperparameters():
     (lambda c: c["model_record"].update(tgt_vocab_size=V + 1), r"^model\.ckpt: .*size mismatch"),
     (lambda c: c["state_dict"].pop("model.generator.bias"), r"Missing key.*generator\.bias"),
     (lambda c: c["model_record"].update(version=99), "model record version 99"),
+    (lambda c: c["model_record"].update(architecture="transformer"),
+     r"architecture 'transformer'; this toolkit builds 'seq2seq'"),
     (lambda c: c.pop("model_record"), r"\(.*'src_vocab_size'"),  # hyper_parameters incomplete
 ])
 def test_checkpoint_that_does_not_fit(change, match):

@@ -38,6 +38,9 @@ MODEL_DEFAULTS: dict[str, Any] = {
 SIZES = ("emb_size", "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers",
          "attention_size")
 RECORD_VERSION = 1
+# The one architecture so far: an attention RNN decoder over any registered encoder
+# (the encoder's name is in the config).
+ARCHITECTURE = "seq2seq"
 
 # (config with every option, src_vocab_size, pad_id, target embedding to share or None)
 EncoderBuilder = Callable[[dict[str, Any], int, int, nn.Embedding | None], Encoder]
@@ -124,8 +127,9 @@ def build_model(config: dict[str, Any], src_vocab_size: int, tgt_vocab_size: int
                     full["decoder_layers"], full["attention"], full["attention_size"],
                     full["input_feeding"], full["bridge"], full["dropout"],
                     full["tie_embeddings"])
-    model.record = {"version": RECORD_VERSION, "config": full, "src_vocab_size": src_vocab_size,
-                    "tgt_vocab_size": tgt_vocab_size, "pad_id": pad_id}
+    model.record = {"version": RECORD_VERSION, "architecture": ARCHITECTURE, "config": full,
+                    "src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size,
+                    "pad_id": pad_id}
     return model
 
 
@@ -144,6 +148,9 @@ def _record_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
         if record.get("version") != RECORD_VERSION:
             raise ValueError(f"model record version {record.get('version')!r}; this toolkit "
                              f"reads version {RECORD_VERSION}")
+        if record.get("architecture", ARCHITECTURE) != ARCHITECTURE:
+            raise ValueError(f"architecture {record['architecture']!r}; this toolkit builds "
+                             f"{ARCHITECTURE!r}")
         return record
     hp = checkpoint["hyper_parameters"]
     return {"config": hp["model"], "src_vocab_size": hp["src_vocab_size"],
