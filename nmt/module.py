@@ -39,8 +39,7 @@ class TranslationModule(L.LightningModule):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, model: dict[str, Any],
                  optim: dict[str, Any], label_smoothing: float = 0.1,
                  validation: dict[str, Any] | None = None,
-                 test_decoding: dict[str, Any] | None = None,
-                 max_src_len: int | None = None, *,
+                 test_decoding: dict[str, Any] | None = None, *,
                  references: Callable[[str], list[str]] | None = None) -> None:
         """``optim`` is checked by nmt.optim.check_optim (nmt.train does it before any
         data); ``references(split)`` gives the reference translations that validation

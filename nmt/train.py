@@ -149,8 +149,7 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
     module = TranslationModule(prepared.src_tokenizer.vocab_size,
                                prepared.tgt_tokenizer.vocab_size, model_cfg, optim_cfg,
                                cfg.loss.label_smoothing, plain(cfg.validation),
-                               plain(cfg.test_decoding), cfg.data.clean.get("max_len"),
-                               references=dm.references)
+                               plain(cfg.test_decoding), references=dm.references)
     module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
     loggers = make_loggers(cfg, run_dir, resume)
     callbacks = make_callbacks(cfg, run_dir, trainer_cfg, module)

@@ -223,7 +223,8 @@ def test_record_holds_every_option_and_only_plain_values():
 
 
 def test_lightning_module_saves_the_record():
-    module = TranslationModule(11, 13, {**SMALL, "cell": "rnn"}, {"name": "adam", "lr": 1e-3})
+    module = TranslationModule(11, 13, {**SMALL, "cell": "rnn"},
+                               {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
     ckpt: dict = {}
     module.on_save_checkpoint(ckpt)
     assert ckpt["model_record"]["config"]["cell"] == "rnn"
