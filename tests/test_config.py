@@ -49,7 +49,7 @@ def test_other_commands_compose(name):
     (["callbacks.every_n_minutes=often"], "callbacks.every_n_minutes: Value 'often'"),
     (["validation.beam=3"], "validation.beam: unknown key; valid keys: alpha, beam_size"),
     (["model=transformer"], "model=transformer: no such choice; valid choices: gru, lstm, rnn"),
-    (["logger=neptune"], "logger=neptune: no such choice; valid choices: mlflow, none, "
+    (["logger=neptune"], "logger=neptune: no such choice; valid choices: csv, mlflow, "
                          "tensorboard, wandb"),
     (["batching.max_token=1"], "batching.max_token: unknown key; valid keys: eval_max_tokens"),
 ])
@@ -132,7 +132,7 @@ def test_a_logger_by_target_gets_the_run_dir_and_the_metrics(toy_dir, tmp_path):
     run = tmp_path / "r"
     cfg = compose_train([*toy_overrides(files_config(toy_dir, tmp_path / "c"), run),
                          "trainer=debug", "trainer.fast_dev_run=false", "trainer.max_steps=2",
-                         "logger=none", "+logger.mine._target_=test_config.ListLogger",
+                         "logger=csv", "+logger.mine._target_=test_config.ListLogger",
                          "+logger.mine.tag=x"])
     _, trainer = fit_recorded(cfg)
     [mine] = [lg for lg in trainer.loggers if isinstance(lg, ListLogger)]
