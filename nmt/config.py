@@ -21,9 +21,10 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nmt.data.prepare import DataConfig
 from nmt.data.tokenizer import TokenizerConfig
 from nmt.decoding import Decoding
 from nmt.errors import ConfigError
@@ -32,11 +33,19 @@ from nmt.model.registry import MODEL_DEFAULTS, SIZES, resolve_config
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def _open_copy(cls: type, name: str) -> type:
-    """A plain (mutable, unvalidated) dataclass with the fields and types of ``cls``."""
-    hints = typing.get_type_hints(cls)
-    return dataclasses.make_dataclass(name, [
-        (f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(cls)])
+def _open_copy(cls: type, name: str, **types: Any) -> type:
+    """A plain (mutable, unvalidated) dataclass with the fields, types and defaults of
+    ``cls`` (a field without a default is "???", to be given); ``types`` replaces the
+    type of some fields where OmegaConf needs a looser one."""
+    hints = {**typing.get_type_hints(cls), **types}
+    fields = []
+    for f in dataclasses.fields(cls):
+        default: dict[str, Any] = (
+            {"default": f.default} if f.default is not dataclasses.MISSING
+            else {"default_factory": f.default_factory}
+            if f.default_factory is not dataclasses.MISSING else {"default": MISSING})
+        fields.append((f.name, hints[f.name], field(**default)))
+    return dataclasses.make_dataclass(name, fields)
 
 
 def _model_schema() -> type:
@@ -53,19 +62,8 @@ def _model_schema() -> type:
 ModelConfig = _model_schema()
 DecodingConfig = _open_copy(Decoding, "DecodingConfig")
 TokenizerSchema = _open_copy(TokenizerConfig, "TokenizerConfig")
-
-
-@dataclass
-class DataConfig:
-    name: str = "???"
-    src_lang: str = "???"
-    tgt_lang: str = "???"
-    corpus: str | None = None
-    splits: dict[str, str | None] = field(default_factory=dict)
-    files: dict[str, Any] = field(default_factory=dict)
-    root: str = "data"
-    local_dir: str | None = None
-    clean: dict[str, Any] = field(default_factory=dict)
+# data.files holds {src, tgt} pairs whose paths may be null (an absent test split).
+DataSchema = _open_copy(DataConfig, "DataConfig", files=dict[str, Any])
 
 
 @dataclass
@@ -93,7 +91,7 @@ class CallbacksConfig:
 
 @dataclass
 class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataSchema = field(default_factory=DataSchema)  # type: ignore[valid-type]
     tokenizer: TokenizerSchema = field(default_factory=TokenizerSchema)  # type: ignore[valid-type]
     model: ModelConfig = field(default_factory=ModelConfig)  # type: ignore[valid-type]
     optim: Any = None
