@@ -32,7 +32,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "encoder": "rnn", "emb_size": 256, "cell": "lstm", "decoder_hidden": 512,
     "decoder_layers": 1, "attention": "bahdanau", "attention_size": None,
     "input_feeding": True, "bridge": "linear", "dropout": 0.2, "tie_embeddings": True,
-    "tie_src_tgt": False,
+    "tie_src_tgt": False, "attention_gate": False,
 }
 # Checked to be positive integers wherever they appear (None: unset).
 SIZES = ("emb_size", "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers",
@@ -104,6 +104,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if not 0 <= full["dropout"] < 1:
         raise ValueError(f"dropout must be in [0, 1), got {full['dropout']}")
+    if not isinstance(full["attention_gate"], bool):
+        raise ValueError(f"attention_gate must be true or false, got {full['attention_gate']!r}")
     return full
 
 
@@ -126,7 +128,7 @@ def build_model(config: dict[str, Any], src_vocab_size: int, tgt_vocab_size: int
     model = Seq2Seq(encoder, tgt_embed, full["cell"], full["decoder_hidden"],
                     full["decoder_layers"], full["attention"], full["attention_size"],
                     full["input_feeding"], full["bridge"], full["dropout"],
-                    full["tie_embeddings"])
+                    full["tie_embeddings"], full["attention_gate"])
     model.record = {"version": RECORD_VERSION, "architecture": ARCHITECTURE, "config": full,
                     "src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size,
                     "pad_id": pad_id}
