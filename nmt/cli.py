@@ -58,6 +58,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 @report_errors
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as configured (conf/train.yaml); print the final metrics as JSON."""
+    from nmt.model.image_encoder import prepare_torchvision
+
+    prepare_torchvision()  # before lightning, which imports torchvision when it is there
     from nmt.checkpointing import Preempted
     from nmt.train import train as run_training
 

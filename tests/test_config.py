@@ -43,7 +43,7 @@ def test_other_commands_compose(name):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.dropuot=0.1"], "model.dropuot: unknown key; valid keys: attention, "
-                            "attention_size, bidirectional, bridge, cell"),
+                            "attention_gate, attention_size, bidirectional, bridge, cell"),
     (["model.emb_size=big"], "model.emb_size: Value 'big' of type 'str' could not be "
                              "converted to Integer"),
     (["callbacks.every_n_minutes=often"], "callbacks.every_n_minutes: Value 'often'"),
@@ -66,9 +66,10 @@ def test_command_line_typo_exits_2_with_one_line(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: model.dropuot: unknown key; valid keys: attention, attention_size, "
-        "bidirectional, bridge, cell, decoder_hidden, decoder_layers, dropout, emb_size, "
-        "encoder, encoder_hidden, encoder_layers, input_feeding, tie_embeddings, tie_src_tgt"]
+        "error: model.dropuot: unknown key; valid keys: attention, attention_gate, "
+        "attention_size, bidirectional, bridge, cell, decoder_hidden, decoder_layers, dropout, "
+        "emb_size, encoder, encoder_hidden, encoder_layers, input_feeding, tie_embeddings, "
+        "tie_src_tgt"]
     assert not (tmp_path / "runs").exists()
 
 

@@ -18,6 +18,8 @@ V = 23
 CELLS = ("rnn", "gru", "lstm")
 SMALL = {"emb_size": 8, "encoder_hidden": 6, "decoder_hidden": 12, "dropout": 0.0}
 ATTENTION_CHOICES = attention_choices()
+# Every attention without and with the attention gate (which needs a context to gate).
+GATES = [(a, g) for a in ATTENTION_CHOICES for g in (False, True) if a != "none" or not g]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -167,9 +169,10 @@ def test_every_option_runs_forward_and_backward(i):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("attention", ATTENTION_CHOICES)
-def test_fast_path_equals_step_loop(cell, attention):
-    model = make(cell=cell, attention=attention, input_feeding=False, decoder_layers=2).eval()
+@pytest.mark.parametrize(("attention", "gate"), GATES)
+def test_fast_path_equals_step_loop(cell, attention, gate):
+    model = make(cell=cell, attention=attention, input_feeding=False, decoder_layers=2,
+                 attention_gate=gate).eval()
     src, lengths, tgt = toy_batch()
     with torch.no_grad():
         fast = model(src, lengths, tgt)
@@ -186,10 +189,11 @@ def test_fast_path_equals_step_loop(cell, attention):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("attention", ATTENTION_CHOICES)
+@pytest.mark.parametrize(("attention", "gate"), GATES)
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_step_reproduces_teacher_forcing(cell, attention, input_feeding):
-    model = make(cell=cell, attention=attention, input_feeding=input_feeding).eval()
+def test_step_reproduces_teacher_forcing(cell, attention, input_feeding, gate):
+    model = make(cell=cell, attention=attention, input_feeding=input_feeding,
+                 attention_gate=gate).eval()
     src, lengths, tgt = toy_batch()
     with torch.no_grad():
         ref, ref_attn = model.forward_with_attention(src, lengths, tgt)

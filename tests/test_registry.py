@@ -39,9 +39,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def built(config: dict, src_vocab: int = V, tgt_vocab: int = V):
-    """SMALL with ``config``; encoder_hidden only for the RNN encoder (others refuse it)."""
+    """SMALL with ``config``; encoder_hidden only for the RNN encoder (others refuse it),
+    a tiny CNN (12 channels) for the image encoder."""
     small = SMALL if config.get("encoder", "rnn") == "rnn" else {
         k: v for k, v in SMALL.items() if k != "encoder_hidden"}
+    if config.get("encoder") == "image":
+        small = {**small, "channels": [4, 4, 4, 4, 12]}
     torch.manual_seed(0)
     return build_model({**small, **config}, src_vocab, tgt_vocab)
 
@@ -52,12 +55,14 @@ def test_every_registered_combination_builds(encoder, cell, attention):
     model = built({"encoder": encoder, "cell": cell, "attention": attention,
                    "decoder_hidden": 12 if attention == "luong_dot" else 10})
     src, lengths, tgt = toy_batch()
+    if encoder == "image":  # 16x16 images: a 2x2 grid
+        src, lengths = torch.randn(4, 3, 16, 16), torch.full((4,), 4)
     assert model(src, lengths, tgt).shape == (4, 6, V)
     assert model.record["config"]["encoder"] == encoder
 
 
 @pytest.mark.parametrize(("config", "match"), [
-    ({"encoder": "resnet"}, r"^unknown encoder 'resnet'; valid choices: rnn$"),
+    ({"encoder": "resnet"}, r"^unknown encoder 'resnet'; valid choices: rnn, image$"),
     ({"cell": "transformer"}, r"^unknown cell 'transformer'; valid choices: rnn, gru, lstm$"),
     ({"attention": "magic"}, r"^unknown attention 'magic'; valid choices: bahdanau, luong_dot, "
                              r"luong_general, luong_concat, none$"),
@@ -179,10 +184,10 @@ def test_an_encoder_without_token_embeddings_refuses_tie_src_tgt(registries):
             raise ValueError("the image encoder has no token embeddings to share")
         return BagEncoder(nn.Embedding(src_vocab_size, 8))
 
-    register_encoder("image", build_refusing)
+    register_encoder("pixels", build_refusing)
     with pytest.raises(ValueError, match="no token embeddings to share"):
-        built({"encoder": "image", "tie_src_tgt": True})
-    assert built({"encoder": "image"}).encoder.output_size == 8
+        built({"encoder": "pixels", "tie_src_tgt": True})
+    assert built({"encoder": "pixels"}).encoder.output_size == 8
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -257,7 +262,7 @@ def test_checkpoint_without_record_loads_from_hyperparameters():
 
 @pytest.mark.parametrize(("change", "match"), [
     (lambda c: c["model_record"]["config"].update(encoder="resnet"),
-     r"^model\.ckpt: .*\(unknown encoder 'resnet'; valid choices: rnn\)$"),
+     r"^model\.ckpt: .*\(unknown encoder 'resnet'; valid choices: rnn, image\)$"),
     (lambda c: c["model_record"].update(tgt_vocab_size=V + 1), r"^model\.ckpt: .*size mismatch"),
     (lambda c: c["state_dict"].pop("model.generator.bias"), r"Missing key.*generator\.bias"),
     (lambda c: c["model_record"].update(version=99), "model record version 99"),

@@ -7,6 +7,11 @@ is also fed to the next step's input, which forces a step-by-step loop in
 training; without it, the recurrence runs over the whole target in one call and
 attention is computed for all steps at once (``forward``'s fast path). Both
 paths use the same parameters and give the same result.
+
+The optional attention gate (Xu et al., 2015, sec. 4.2.1) scales the context vector
+by beta_t = sigmoid(W_beta h_t) before the attentional layer reads it. The paper's
+gate reads the previous state h_{t-1}, which its attention also reads; in Luong's
+flow both read the current top state h_t.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class RNNDecoder(nn.Module):
     def __init__(self, cell: str, emb_size: int, hidden_size: int, memory_size: int,
                  num_layers: int = 1, attention: str = "bahdanau",
                  attention_size: int | None = None, input_feeding: bool = True,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, attention_gate: bool = False) -> None:
         super().__init__()
         self.cell = cell
         self.paired = get_cell(cell).paired  # (h, c) state, as LSTM's
@@ -48,6 +53,11 @@ class RNNDecoder(nn.Module):
         # Luong's attentional layer, without bias.
         self.combine = (nn.Linear(hidden_size + memory_size, hidden_size, bias=False)
                         if self.attention is not None else None)
+        if attention_gate and self.attention is None:
+            raise ValueError("attention_gate needs an attention; attention=none has no context "
+                             "to gate")
+        # No module at all without the gate: parameters and random draws stay as they were.
+        self.gate = nn.Linear(hidden_size, memory_size) if attention_gate else None
         self.dropout = nn.Dropout(dropout)
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
@@ -60,6 +70,8 @@ class RNNDecoder(nn.Module):
             return self.dropout(h), None
         assert self.combine is not None  # built together with the attention
         context, weights = self.attention(h, keys, memory, mask)
+        if self.gate is not None:  # beta_t (B, [T,] M): how much of the source to let in
+            context = torch.sigmoid(self.gate(h)) * context
         out = torch.tanh(self.combine(torch.cat([h, context], dim=-1)))
         return self.dropout(out), weights
 

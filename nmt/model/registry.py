@@ -5,9 +5,10 @@
     model = model_from_checkpoint(checkpoint)      # no training config needed
 
 The config is flat (Hydra's ``model`` group): the options below (MODEL_DEFAULTS)
-plus those of the chosen encoder. Encoders, attentions (nmt.model.attention) and
-cells (nmt.model.cells) are registered by name; an unknown name is a ValueError
-that lists the valid ones.
+plus those of the chosen encoder. Encoders ("rnn": tokens; "image": a CNN's feature
+grid, nmt.model.image_encoder), attentions (nmt.model.attention) and cells
+(nmt.model.cells) are registered by name; an unknown name is a ValueError that lists
+the valid ones.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from nmt.errors import CheckpointError
 from nmt.model.attention import attention_choices
 from nmt.model.cells import get_cell
 from nmt.model.encoder import Encoder, RNNEncoder
+from nmt.model.image_encoder import IMAGE_DEFAULTS, build_image_encoder, check_image_options
 from nmt.model.seq2seq import BRIDGES, LEGACY_NAMES, Seq2Seq
 
 # Options of every model (the decoder side) and their defaults, Seq2Seq's before the
@@ -32,7 +34,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "encoder": "rnn", "emb_size": 256, "cell": "lstm", "decoder_hidden": 512,
     "decoder_layers": 1, "attention": "bahdanau", "attention_size": None,
     "input_feeding": True, "bridge": "linear", "dropout": 0.2, "tie_embeddings": True,
-    "tie_src_tgt": False,
+    "tie_src_tgt": False, "attention_gate": False,
 }
 # Checked to be positive integers wherever they appear (None: unset).
 SIZES = ("emb_size", "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers",
@@ -50,21 +52,29 @@ EncoderBuilder = Callable[[dict[str, Any], int, int, nn.Embedding | None], Encod
 class EncoderEntry:
     build: EncoderBuilder
     defaults: dict[str, Any]  # the encoder's own options and their defaults
+    check: Callable[[dict[str, Any]], None] | None = None  # ValueErrors for bad options
+    weights_options: tuple[str, ...] = ()  # options that only choose the initial weights
 
 
 ENCODERS: dict[str, EncoderEntry] = {}
 
 
-def register_encoder(name: str, build: EncoderBuilder, **defaults: Any) -> None:
+def register_encoder(name: str, build: EncoderBuilder, *,
+                     check: Callable[[dict[str, Any]], None] | None = None,
+                     weights_options: tuple[str, ...] = (), **defaults: Any) -> None:
     """Make ``name`` a valid ``model.encoder``; ``defaults`` are its own options.
 
     ``build(config, src_vocab_size, pad_id, shared)`` returns an Encoder; ``shared`` is
     the target embedding when the config asks for tie_src_tgt (None otherwise), which
     an encoder without token embeddings should refuse with a ValueError.
+    ``check(config)`` raises a one-line ValueError for a bad value of the encoder's
+    options (resolve_config calls it). ``weights_options`` only choose the initial
+    weights (a pretrained file): a model rebuilt from a checkpoint, whose weights are
+    in the checkpoint, is built with their defaults. (Neither name can be an option.)
     """
     if name in ENCODERS:
         raise ValueError(f"encoder {name!r} is already registered")
-    ENCODERS[name] = EncoderEntry(build, defaults)
+    ENCODERS[name] = EncoderEntry(build, defaults, check, weights_options)
 
 
 def _rnn_encoder(config: dict[str, Any], src_vocab_size: int, pad_id: int,
@@ -76,6 +86,8 @@ def _rnn_encoder(config: dict[str, Any], src_vocab_size: int, pad_id: int,
 
 
 register_encoder("rnn", _rnn_encoder, encoder_hidden=256, encoder_layers=1, bidirectional=True)
+register_encoder("image", build_image_encoder, check=check_image_options,
+                 weights_options=("pretrained",), **IMAGE_DEFAULTS)
 
 
 def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +98,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown encoder {name!r}; valid choices: {', '.join(ENCODERS)}")
     entry = ENCODERS[name]
     full = {**MODEL_DEFAULTS, **entry.defaults, **copy.deepcopy(dict(config))}
+    # Plain values only (lists, not tuples): the record goes through Hydra and torch.load.
+    full = {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
     unknown = sorted(set(full) - set(MODEL_DEFAULTS) - set(entry.defaults))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} for encoder {name!r}; valid keys: "
@@ -104,6 +118,10 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if not 0 <= full["dropout"] < 1:
         raise ValueError(f"dropout must be in [0, 1), got {full['dropout']}")
+    if not isinstance(full["attention_gate"], bool):
+        raise ValueError(f"attention_gate must be true or false, got {full['attention_gate']!r}")
+    if entry.check is not None:
+        entry.check(full)
     return full
 
 
@@ -126,7 +144,7 @@ def build_model(config: dict[str, Any], src_vocab_size: int, tgt_vocab_size: int
     model = Seq2Seq(encoder, tgt_embed, full["cell"], full["decoder_hidden"],
                     full["decoder_layers"], full["attention"], full["attention_size"],
                     full["input_feeding"], full["bridge"], full["dropout"],
-                    full["tie_embeddings"])
+                    full["tie_embeddings"], full["attention_gate"])
     model.record = {"version": RECORD_VERSION, "architecture": ARCHITECTURE, "config": full,
                     "src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size,
                     "pad_id": pad_id}
@@ -157,6 +175,15 @@ def _record_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
             "tgt_vocab_size": hp["tgt_vocab_size"], "pad_id": PAD_ID}
 
 
+def _without_weights_options(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the encoder's weights_options at their defaults (e.g. no pretrained
+    file to read: a checkpoint holds the weights, and may travel without that file)."""
+    entry = ENCODERS.get(config.get("encoder", MODEL_DEFAULTS["encoder"]))
+    if entry is None:
+        return config
+    return {**config, **{k: entry.defaults[k] for k in entry.weights_options if k in config}}
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> Seq2Seq:
     """The model a (torch.load-ed) Lightning checkpoint holds, with its weights.
 
@@ -164,8 +191,11 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint"
     """
     try:
         record = _record_of(checkpoint)
-        model = build_model(record["config"], record["src_vocab_size"],
-                            record["tgt_vocab_size"], record["pad_id"])
+        config = _without_weights_options(record["config"])
+        model = build_model(config, record["src_vocab_size"], record["tgt_vocab_size"],
+                            record["pad_id"])
+        if config != record["config"]:  # the record still says where the weights came from
+            model.record = {**model_record(model), "config": resolve_config(record["config"])}
         prefix = "model."  # the LightningModule's attribute
         state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items()
                  if k.startswith(prefix)}

@@ -51,7 +51,7 @@ class Seq2Seq(nn.Module):
                  decoder_hidden: int = 512, decoder_layers: int = 1,
                  attention: str = "bahdanau", attention_size: int | None = None,
                  input_feeding: bool = True, bridge: str = "linear", dropout: float = 0.2,
-                 tie_embeddings: bool = True) -> None:
+                 tie_embeddings: bool = True, attention_gate: bool = False) -> None:
         super().__init__()
         if bridge not in BRIDGES:
             raise ValueError(f"unknown bridge {bridge!r}; valid choices: {', '.join(BRIDGES)}")
@@ -65,7 +65,7 @@ class Seq2Seq(nn.Module):
         emb_size = tgt_embed.embedding_dim
         self.decoder = RNNDecoder(cell, emb_size, decoder_hidden, encoder.output_size,
                                   decoder_layers, attention, attention_size, input_feeding,
-                                  dropout)
+                                  dropout, attention_gate)
         self.emb_dropout = nn.Dropout(dropout)
         # Bridge: the encoder's final state -> every layer of each decoder state part.
         n_states = 2 if self.decoder.paired else 1

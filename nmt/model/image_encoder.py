@@ -1,0 +1,344 @@
+"""The image encoder of "show, attend and tell" (Xu et al., 2015): a CNN's feature grid.
+
+The memory the decoder attends over is the backbone's last feature map, one vector per
+grid cell, flattened row-major: cell ``i`` is row ``i // w``, column ``i % w`` of the
+(h, w) grid (``grid_shape``), i.e. the image region whose centre is at about
+((row + 0.5) * H / h, (col + 0.5) * W / w). The decoder's first state comes from the
+mean of the cells (the paper's "mean annotation vector").
+
+Backbones: "small", a CNN trained from scratch for small images (8x8 grid at 64x64),
+and torchvision's ResNets without their pooling and classifier (7x7 at 224x224).
+torchvision is imported only when a ResNet is built, so translation never needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import re
+import sys
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+from typing_extensions import Self
+
+from nmt.model.cells import State
+from nmt.model.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+SMALL_CHANNELS = (32, 64, 128, 128, 128)
+SMALL_STRIDES = (1, 2, 2, 2, 1)  # 64x64 -> 8x8
+RESNETS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
+           "resnet50": "ResNet50_Weights"}  # torchvision's weight enums
+BACKBONES = ("small", *RESNETS)
+
+# -- torchvision, imported on demand ----------------------------------------------------------
+
+_MISSING_OP = re.compile(r"operator torchvision::(\w+) does not exist")
+_MAX_PLACEHOLDERS = 16
+# Placeholder schemas for torchvision's compiled ops; the Library must outlive the import.
+_placeholders: torch.library.Library | None = None
+
+
+def _forget_torchvision() -> None:
+    """Drop a half-imported torchvision from sys.modules, so the next import starts afresh."""
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]
+
+
+def import_torchvision(backbone: str = "resnet18") -> ModuleType:
+    """torchvision, for its ResNets; a ValueError naming ``backbone`` when it is unusable.
+
+    A torchvision wheel whose compiled ops cannot load beside this torch (e.g. one built
+    for CUDA next to a CPU torch) fails on import with "operator torchvision::nms does not
+    exist". Its models are plain Python, so each missing op gets a placeholder schema and
+    the import is retried; the ops themselves (nms, roi_align, ...) then stay unusable.
+    """
+    global _placeholders
+    defined: list[str] = []
+    for _ in range(_MAX_PLACEHOLDERS + 1):
+        try:
+            tv = importlib.import_module("torchvision")
+        except (ImportError, OSError, RuntimeError) as e:
+            _forget_torchvision()
+            match = _MISSING_OP.search(str(e)) if isinstance(e, RuntimeError) else None
+            if match is None or match.group(1) in defined:
+                reason = " ".join(f"{type(e).__name__}: {e}".split())
+                raise ValueError(f"model.backbone={backbone} needs torchvision: {reason}"
+                                 ) from None
+            if _placeholders is None:
+                _placeholders = torch.library.Library("torchvision", "DEF")
+            _placeholders.define(f"{match.group(1)}(Tensor x) -> Tensor")
+            defined.append(match.group(1))
+            continue
+        if defined:  # once per process: later imports find the module in sys.modules
+            log.warning("torchvision's compiled ops are unavailable (%s); only its models "
+                        "are used", ", ".join(defined))
+        return tv
+    _forget_torchvision()
+    raise ValueError(f"model.backbone={backbone} needs torchvision: more than "
+                     f"{_MAX_PLACEHOLDERS} of its compiled ops are missing")
+
+
+def prepare_torchvision() -> None:
+    """Import an installed torchvision through import_torchvision; call it before lightning.
+
+    Lightning's torchmetrics imports torchvision whenever it is installed, with no
+    placeholders of its own: without this, an unloadable torchvision breaks every
+    import of lightning. Not installed: nothing to do; still unusable: left for the
+    importer to report.
+    """
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+        return
+    with contextlib.suppress(ValueError):
+        import_torchvision()
+
+
+# -- backbones --------------------------------------------------------------------------------
+
+
+def small_cnn(channels: Sequence[int] = SMALL_CHANNELS) -> nn.Sequential:
+    """Five conv3x3 + BatchNorm + ReLU blocks, strides SMALL_STRIDES: (B, 3, H, W) ->
+    (B, channels[-1], H / 8, W / 8)."""
+    if len(channels) != len(SMALL_STRIDES):
+        raise ValueError(f"channels must be {len(SMALL_STRIDES)} positive integers, "
+                         f"got {list(channels)!r}")
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for out_channels, stride in zip(channels, SMALL_STRIDES, strict=True):
+        layers += [nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False),
+                   nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
+    """A torchvision-format state_dict saved with torch.save; ValueError naming the path."""
+    if not Path(path).is_file():
+        raise ValueError(f"pretrained={path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors alike: the file is not usable
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise ValueError(f"pretrained={path}: not a readable state_dict ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ValueError(f"pretrained={path}: not a state_dict (a dict of tensors)")
+    return state
+
+
+def resnet(name: str, pretrained: str | None = None) -> tuple[nn.Sequential, int]:
+    """torchvision's ResNet ``name`` up to its last block (no avgpool, no fc), and its
+    channel count. Parameter names are torchvision's (conv1.weight, layer1.0...)."""
+    tv = import_torchvision(name)
+    weights = None
+    if pretrained == "imagenet":
+        weights = getattr(tv.models, RESNETS[name]).DEFAULT
+    try:
+        net = getattr(tv.models, name)(weights=weights)  # downloads to torch's cache
+    except (OSError, RuntimeError) as e:  # urllib's errors are OSErrors
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"pretrained=imagenet: cannot get torchvision's {name} weights "
+                         f"({reason})") from None
+    channels = net.fc.in_features
+    body = nn.Sequential(OrderedDict((k, m) for k, m in net.named_children()
+                                     if k not in ("avgpool", "fc")))
+    if pretrained not in (None, "imagenet"):
+        state = {k: v for k, v in load_state_dict_file(pretrained).items()
+                 if not k.startswith("fc.")}
+        try:
+            body.load_state_dict(state)
+        except RuntimeError as e:
+            reason = " ".join(str(e).split())[:200]
+            raise ValueError(f"pretrained={pretrained}: does not fit {name} ({reason})"
+                             ) from None
+    return body, channels
+
+
+# -- the encoder ------------------------------------------------------------------------------
+
+
+class ImageEncoder(Encoder):
+    """CNN feature grid as memory (B, S = h * w, C); final state: the cells' mean (B, C).
+
+    ``src`` is images (B, 3, H, W), float and normalised, or features (B, S, C) that
+    ``features`` computed beforehand (a frozen backbone's, cached by the data). The
+    memory is the raw grid (``output_size`` = C): attention projects its own keys.
+    ``freeze``: the backbone gets no gradients and stays in eval mode (BatchNorm
+    statistics never change), whatever ``train()`` says.
+    """
+
+    def __init__(self, backbone: str = "small", channels: Sequence[int] = SMALL_CHANNELS,
+                 pretrained: str | None = None, freeze: bool = False,
+                 grid: int | Sequence[int] | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; valid choices: "
+                             f"{', '.join(BACKBONES)}")
+        if backbone == "small":
+            if pretrained is not None:
+                raise ValueError(f"pretrained={pretrained} needs a ResNet backbone; "
+                                 f"backbone=small is trained from scratch")
+            self.backbone: nn.Sequential = small_cnn(channels)
+            size = int(channels[-1])
+        else:
+            self.backbone, size = resnet(backbone, pretrained)
+        self.pool = (nn.AdaptiveAvgPool2d(grid if isinstance(grid, int) else tuple(grid))
+                     if grid is not None else None)
+        self.dropout = nn.Dropout(dropout)
+        self._feature_size = size
+        self.output_size = size
+        self._frozen = freeze
+        self._grid_shapes: dict[int, tuple[int, int]] = {}
+        if freeze:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    @property
+    def feature_size(self) -> int:
+        """C, the channels of the feature grid."""
+        return self._feature_size
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The CNN's parameters (fine-tuned with their own learning rate, encoder_lr)."""
+        return list(self.backbone.parameters())
+
+    def train(self, mode: bool = True) -> Self:
+        """As nn.Module.train, but a frozen backbone stays in eval mode."""
+        super().train(mode)
+        if self._frozen:
+            self.backbone.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, h * w, C), cells row-major (cell = row * w + col); no dropout."""
+        _check_images(images)
+        with torch.no_grad() if self._frozen else contextlib.nullcontext():
+            grid = self.backbone(images)  # (B, C, h, w)
+            if self.pool is not None:
+                grid = self.pool(grid)  # (B, C, *grid)
+        return grid.flatten(2).transpose(1, 2)  # (B, h * w, C)
+
+    def grid_shape(self, image_size: int) -> tuple[int, int]:
+        """(h, w) of the feature grid for square images of ``image_size`` pixels."""
+        if image_size not in self._grid_shapes:
+            param = next(self.backbone.parameters())
+            training = self.backbone.training
+            self.backbone.eval()  # a dummy batch must not move BatchNorm statistics
+            try:
+                with torch.no_grad():
+                    dummy = param.new_zeros(1, 3, image_size, image_size)
+                    grid = self.backbone(dummy)
+                    grid = self.pool(grid) if self.pool is not None else grid
+            finally:
+                self.backbone.train(training)
+            self._grid_shapes[image_size] = (grid.size(2), grid.size(3))
+        return self._grid_shapes[image_size]
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """Images (B, 3, H, W) or features (B, S, C), lengths (B,) -> memory (B, S, C),
+        mask (B, S) all True, final (B, C): the mean of the features, before dropout
+        (as the text encoder's final state, which is not dropped out either)."""
+        if src.dim() == 4:
+            feats = self.features(src)  # (B, S, C)
+        elif src.dim() == 3:
+            if src.size(2) != self.feature_size:
+                raise ValueError(f"features must be (B, S, {self.feature_size}), got "
+                                 f"{tuple(src.shape)}")
+            feats = src
+        else:
+            raise ValueError(f"the image encoder takes images (B, 3, H, W) or features "
+                             f"(B, S, C), got a tensor of shape {tuple(src.shape)}")
+        if src_lengths.shape != (src.size(0),):
+            raise ValueError(f"src_lengths must be ({src.size(0)},), got "
+                             f"{tuple(src_lengths.shape)}")
+        mask = feats.new_ones(feats.shape[:2], dtype=torch.bool)  # (B, S): every cell is real
+        return self.dropout(feats), mask, feats.mean(dim=1)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.dim() != 4 or images.size(1) != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float and normalised, got {images.dtype}")
+
+
+# -- options and the registry's builder -------------------------------------------------------
+
+# The image encoder's options (model.*). channels: the small CNN's only; pretrained: null,
+# "imagenet" or a .pth state_dict file (ResNets); grid: null, n or [h, w] (average-pooled
+# feature grid); image_size/mean/std: the preprocessing, recorded so that inference
+# preprocesses as training did; encoder_lr: the backbone's own learning rate (null: optim's).
+IMAGE_DEFAULTS: dict[str, Any] = {
+    "backbone": "small", "channels": list(SMALL_CHANNELS), "pretrained": None,
+    "freeze": False, "grid": None, "image_size": 64,
+    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    "encoder_lr": None,
+}
+
+
+def _positive_ints(value: Any, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def _numbers(value: Any, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
+
+
+def check_image_options(config: dict[str, Any]) -> None:
+    """One-line ValueErrors for the image encoder's options in a resolved model config."""
+    c = config
+    if c["backbone"] not in BACKBONES:
+        raise ValueError(f"unknown backbone {c['backbone']!r}; valid choices: "
+                         f"{', '.join(BACKBONES)}")
+    if not _positive_ints(c["channels"], len(SMALL_STRIDES)):
+        raise ValueError(f"channels must be {len(SMALL_STRIDES)} positive integers, "
+                         f"got {c['channels']!r}")
+    if c["pretrained"] is not None and (not isinstance(c["pretrained"], str)
+                                        or not c["pretrained"]):
+        raise ValueError(f"pretrained must be null, 'imagenet' or a state_dict file, got "
+                         f"{c['pretrained']!r}")
+    if c["pretrained"] is not None and c["backbone"] == "small":
+        raise ValueError(f"pretrained={c['pretrained']} needs a ResNet backbone; "
+                         f"backbone=small is trained from scratch")
+    if not isinstance(c["freeze"], bool):
+        raise ValueError(f"freeze must be true or false, got {c['freeze']!r}")
+    grid = c["grid"]
+    if grid is not None and not (_positive_ints([grid], 1) or _positive_ints(grid, 2)):
+        raise ValueError(f"grid must be null, a positive integer or [h, w], got {grid!r}")
+    if not _positive_ints([c["image_size"]], 1):
+        raise ValueError(f"image_size must be a positive integer, got {c['image_size']!r}")
+    for key in ("image_mean", "image_std"):
+        if not _numbers(c[key], 3):
+            raise ValueError(f"{key} must be 3 numbers (R, G, B), got {c[key]!r}")
+    if any(s <= 0 for s in c["image_std"]):
+        raise ValueError(f"image_std must be positive, got {c['image_std']!r}")
+    lr = c["encoder_lr"]
+    if lr is not None and (not _numbers([lr], 1) or lr <= 0):
+        raise ValueError(f"encoder_lr must be null or a positive number, got {lr!r}")
+
+
+def build_image_encoder(config: dict[str, Any], src_vocab_size: int, pad_id: int,
+                        shared: nn.Embedding | None) -> ImageEncoder:
+    """The registry's builder (see nmt.model.registry.register_encoder); images have no
+    vocabulary, so ``src_vocab_size`` and ``pad_id`` are ignored."""
+    if shared is not None:
+        raise ValueError("tie_src_tgt: the image encoder has no token embeddings to share")
+    check_image_options(config)
+    return ImageEncoder(config["backbone"], config["channels"], config["pretrained"],
+                        config["freeze"], config["grid"], config["dropout"])
