@@ -16,8 +16,11 @@ endif
 # The demo's training budget (any train.py overrides): one epoch takes 6-12 minutes on 2 cores.
 DEMO_ARGS ?= trainer.max_epochs=1
 DEMO_DIR ?= runs/demo
+# The captioning demo (procedural shapes, docs/captioning.md): its training budget.
+CAPTION_ARGS ?= trainer.max_time=00:00:12:00
+CAPTION_DIR ?= runs/demo-caption
 
-.PHONY: install demo test test-fast lint typecheck bench-data bench-train bench-translate
+.PHONY: install demo demo-caption test test-fast lint typecheck bench-data bench-train bench-translate
 
 install: $(VENV)/.installed
 
@@ -33,6 +36,16 @@ demo: install
 	@echo "dev BLEU (greedy): $$($(PY) -c "import json; print(round(json.load(open('$(DEMO_DIR)/metrics.json'))['val/bleu'], 2))")"
 	$(PY) evaluate.py checkpoint=$$(ls $(DEMO_DIR)/checkpoints/best-*.ckpt | head -n 1) \
 		split=test_2016_flickr decoding.beam_size=5 output_dir=$(DEMO_DIR)/evaluation progress=false
+
+demo-caption: install
+	rm -rf $(CAPTION_DIR)
+	$(PY) train.py task=caption data=shapes run_dir=$(CAPTION_DIR) test_after_training=false $(CAPTION_ARGS)
+	$(PY) caption.py checkpoint=$$(ls $(CAPTION_DIR)/checkpoints/best-*.ckpt | head -n 1) \
+		images=[$$(ls data/shapes/generated/images/test_0000*.png | paste -sd, -)] \
+		attention_plots=$(CAPTION_DIR)/attention progress=false
+	$(PY) evaluate.py checkpoint=$$(ls $(CAPTION_DIR)/checkpoints/best-*.ckpt | head -n 1) \
+		data=shapes split=test decoding.beam_size=3 decoding.max_len=30 \
+		output_dir=$(CAPTION_DIR)/evaluation progress=false
 
 lint: install
 	$(PY) -m ruff check .

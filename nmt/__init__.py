@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
+# An installed torchvision whose compiled ops do not fit this torch (a wheel built for
+# another torch) breaks lightning's import, which imports torchvision when it is there:
+# nmt.model.image_encoder imports it with placeholders for those ops, first.
+from nmt.model.image_encoder import prepare_torchvision
+
+prepare_torchvision()
+
 # Registers the structured config schema that conf/train.yaml starts from, so that any
 # Hydra composition of our configs (command line, tests, notebooks) finds it.
-from nmt import config as _config  # noqa: F401
+from nmt import config as _config  # noqa: E402, F401

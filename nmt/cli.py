@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.config import CONF_DIR, check_overrides
-from nmt.errors import NMTError
+from nmt.errors import ConfigError, NMTError
 
 log = logging.getLogger("nmt")
 
@@ -48,6 +48,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     from nmt.data.prepare import describe
     from nmt.data.prepare import prepare as prepare_data
 
+    if "format" in cfg.data:
+        raise ConfigError(f"data={cfg.data.name}: captioning data is prepared by "
+                          "train.py task=caption (its images at the model's size)")
     prepared = prepare_data(as_dict(cfg.data), as_dict(cfg.tokenizer))
     summary = describe(prepared, cfg.max_tokens)
     summary["timings_s"] = {k: round(v, 3) for k, v in prepared.timings.items()}
@@ -58,9 +61,6 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 @report_errors
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as configured (conf/train.yaml); print the final metrics as JSON."""
-    from nmt.model.image_encoder import prepare_torchvision
-
-    prepare_torchvision()  # before lightning, which imports torchvision when it is there
     from nmt.checkpointing import Preempted
     from nmt.train import train as run_training
 
@@ -123,6 +123,19 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     return run(cfg)
 
 
+@report_errors
+def caption(cfg: DictConfig) -> dict[str, int]:
+    """Caption image files with a checkpoint (conf/caption.yaml)."""
+    _log_to_stderr()
+    from nmt.caption import run
+
+    return run(cfg)
+
+
+def caption_main() -> None:
+    run_hydra("caption", caption)
+
+
 def translate_main() -> None:
     run_hydra("translate", translate)
 
@@ -137,7 +150,7 @@ def prepare_main() -> None:
 
 if __name__ == "__main__":
     commands = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
-                "evaluate": evaluate_main}
+                "evaluate": evaluate_main, "caption": caption_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
     name = sys.argv.pop(1)

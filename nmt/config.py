@@ -13,6 +13,7 @@ a composition error into one line that names the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -24,11 +25,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nmt.data.captioning import CaptionDataConfig
 from nmt.data.prepare import DataConfig
 from nmt.data.tokenizer import TokenizerConfig
 from nmt.decoding import Decoding
 from nmt.errors import ConfigError
-from nmt.model.registry import MODEL_DEFAULTS, SIZES, resolve_config
+from nmt.model.registry import ENCODERS, MODEL_DEFAULTS, SIZES, resolve_config
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -48,22 +50,27 @@ def _open_copy(cls: type, name: str, **types: Any) -> type:
     return dataclasses.make_dataclass(name, fields)
 
 
-def _model_schema() -> type:
-    # The options of the text model, from the registry itself: types from the defaults.
-    options = resolve_config({})
+def _model_schema(encoder: str) -> type:
+    # The options of a model with this encoder, from the registry itself: types from the
+    # defaults (an option whose default is None takes any value; the registry checks it).
+    options = resolve_config({"encoder": encoder})
     fields = []
     for key, value in options.items():
-        kind: Any = (int | None) if key in SIZES and value is None else type(value)
-        fields.append((key, kind, field(default=value)))
+        kind: Any = ((int | None) if key in SIZES and value is None
+                     else Any if value is None or isinstance(value, list) else type(value))
+        default = (field(default_factory=functools.partial(list, value))
+                   if isinstance(value, list) else field(default=value))
+        fields.append((key, kind, default))
     assert set(MODEL_DEFAULTS) <= set(options)
-    return dataclasses.make_dataclass("ModelConfig", fields)
+    return dataclasses.make_dataclass(f"{encoder.capitalize()}ModelConfig", fields)
 
 
-ModelConfig = _model_schema()
 DecodingConfig = _open_copy(Decoding, "DecodingConfig")
 TokenizerSchema = _open_copy(TokenizerConfig, "TokenizerConfig")
 # data.files holds {src, tgt} pairs whose paths may be null (an absent test split).
 DataSchema = _open_copy(DataConfig, "DataConfig", files=dict[str, Any])
+CaptionDataSchema = _open_copy(CaptionDataConfig, "CaptionDataConfig",
+                               splits=dict[str, Any], csv=dict[str, Any])
 
 
 @dataclass
@@ -76,6 +83,7 @@ class BatchingConfig:
 @dataclass
 class LossConfig:
     label_smoothing: float = 0.1
+    doubly_stochastic: float = 0.0  # Xu et al.'s attention regulariser (captioning)
 
 
 @dataclass
@@ -91,9 +99,11 @@ class CallbacksConfig:
 
 @dataclass
 class TrainConfig:
-    data: DataSchema = field(default_factory=DataSchema)  # type: ignore[valid-type]
+    # data and model take the schema their config file names (schema_text, schema_rnn, ...):
+    # text and image data, text and image encoders have different keys.
+    data: Any = None
     tokenizer: TokenizerSchema = field(default_factory=TokenizerSchema)  # type: ignore[valid-type]
-    model: ModelConfig = field(default_factory=ModelConfig)  # type: ignore[valid-type]
+    model: Any = None
     optim: Any = None
     trainer: dict[str, Any] = field(default_factory=dict)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -104,6 +114,7 @@ class TrainConfig:
         default_factory=DecodingConfig)
     test_decoding: DecodingConfig = field(  # type: ignore[valid-type]
         default_factory=DecodingConfig)
+    task: str = "translate"  # translate | caption (set by the task group)
     name: str = "???"
     seed: int = 1
     run_dir: str | None = None
@@ -111,9 +122,19 @@ class TrainConfig:
     test_after_training: bool = True
 
 
+TASKS = ("translate", "caption")
+
+
 def register() -> None:
-    """Make ``train_schema`` known to Hydra (conf/train.yaml starts from it)."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """Make ``train_schema`` known to Hydra (conf/train.yaml starts from it), and the
+    schemas that files of the data and model groups name in their defaults: schema_text
+    and schema_captions for data, schema_<encoder> for every registered encoder."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(group="data", name="schema_text", node=DataSchema)
+    store.store(group="data", name="schema_captions", node=CaptionDataSchema)
+    for encoder in ENCODERS:
+        store.store(group="model", name=f"schema_{encoder}", node=_model_schema(encoder))
 
 
 register()
@@ -134,7 +155,8 @@ def explain(error: Exception, base: DictConfig | None) -> str:
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
-        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], re.M)
+        options = [o for o in re.findall(r"^\t(\S+)$", text.split("Config search path")[0],
+                                         re.M) if not o.startswith("schema_")]  # ours
         return f"{group}={option}: no such choice; valid choices: {', '.join(options)}"
     full_key = re.search(r"full_key: (\S+)", text) or re.search(
         r"Could not (?:override|append to) '([^']+)'", text)
@@ -160,8 +182,14 @@ def check_overrides(config_name: str, overrides: list[str]) -> DictConfig:
             error: Exception = e
         except Exception as e:  # Hydra's ConfigCompositionException and kin
             error = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
-        try:
-            base = compose(config_name=config_name)
-        except Exception:  # the config itself is broken: no valid keys to offer
-            base = None
+        # The valid keys: those of the config with the same group choices (task=caption
+        # brings an image model and its keys), or else of the plain config.
+        choices = [o for o in overrides if "." not in o.split("=")[0].lstrip("+~")]
+        base = None
+        for base_overrides in (choices, []):
+            try:
+                base = compose(config_name=config_name, overrides=base_overrides)
+                break
+            except Exception:  # a broken choice or config: fewer or no keys to offer
+                continue
     raise ConfigError(explain(error, base))

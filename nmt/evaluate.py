@@ -60,8 +60,10 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     checkpoints = as_list(cfg.checkpoint)
     if not checkpoints:
         raise ConfigError("checkpoint is not set")
-    sets = resolve_test_sets(cfg)
     decoding = Decoding.from_dict(dict(cfg.decoding))
+    if "format" in cfg.data and not (cfg.src or cfg.ref):  # captioning data: data=shapes, ...
+        return _evaluate_captions(cfg, checkpoints, decoding)
+    sets = resolve_test_sets(cfg)
     device = resolve_device(cfg.device)
     workers = resolve_workers(cfg.workers, device, decoding.sampling)
     out_dir = Path(cfg.output_dir)
@@ -95,11 +97,31 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     return report
 
 
+def _evaluate_captions(cfg: Any, checkpoints: list[str], decoding: Decoding
+                       ) -> list[dict[str, Any]]:
+    from nmt.caption import evaluate_captions
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = evaluate_captions(cfg, checkpoints, decoding, out_dir)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    print(comparison_table(report))
+    print("captions: lowercased, punctuation dropped (nmt.metrics.caption_tokens); BLEU by "
+          "sacrebleu against every reference; CIDEr-D and ROUGE-L by pycocoevalcap; x100")
+    return report
+
+
+TRANSLATION_COLUMNS = {"BLEU": "bleu", "chrF": "chrf", "TER": "ter", "BLEU lc": "bleu_lc"}
+CAPTION_COLUMNS = {"BLEU-1": "bleu1", "BLEU-4": "bleu4", "ROUGE-L": "rouge_l",
+                   "CIDEr-D": "cider"}
+
+
 def comparison_table(report: list[dict[str, Any]]) -> str:
-    rows = [("checkpoint", "test set", "BLEU", "chrF", "TER", "BLEU lc", "sent/s")]
-    rows += [(Path(e["checkpoint"]).name, e["test_set"], f"{e['bleu']:.2f}", f"{e['chrf']:.2f}",
-              f"{e['ter']:.2f}", f"{e['bleu_lc']:.2f}", f"{e['sentences_per_s']:.1f}")
-             for e in report]
+    columns = CAPTION_COLUMNS if report and "bleu4" in report[0] else TRANSLATION_COLUMNS
+    rows = [("checkpoint", "test set", *columns, "sent/s")]
+    rows += [(Path(e["checkpoint"]).name, e["test_set"],
+              *(f"{e[k]:.2f}" if k in e else "-" for k in columns.values()),
+              f"{e['sentences_per_s']:.1f}") for e in report]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))

@@ -67,3 +67,16 @@ def check_label_smoothing(smoothing: float) -> None:
     """Refuse a smoothing outside [0, 1): at 1 the targets would not count at all."""
     if not 0 <= smoothing < 1:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}")
+
+
+def attention_coverage_penalty(attn: torch.Tensor, target: torch.Tensor,
+                               pad_id: int = PAD_ID) -> torch.Tensor:
+    """Xu et al. (2015)'s doubly stochastic regulariser, summed over the batch:
+    sum_i (1 - sum_t alpha_ti)^2 for each caption, t over its real target steps.
+
+    attn (B, T, S) attention weights, target (B, T) ids; the loss adds it times its
+    weight (``loss.doubly_stochastic``), so that every region is attended about once.
+    """
+    real = (target != pad_id).unsqueeze(-1).to(attn.dtype)  # (B, T, 1)
+    coverage = (attn * real).sum(dim=1)  # (B, S)
+    return ((1.0 - coverage) ** 2).sum()

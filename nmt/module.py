@@ -23,7 +23,7 @@ from nmt.data.dataset import Batch
 from nmt.data.tokenizer import PAD_ID, Tokenizer
 from nmt.decoding import Decoding, decode
 from nmt.errors import ConfigError
-from nmt.loss import check_label_smoothing, label_smoothed_nll
+from nmt.loss import attention_coverage_penalty, check_label_smoothing, label_smoothed_nll
 from nmt.metrics import corpus_scores
 from nmt.model.registry import build_model, model_record, upgrade_checkpoint
 from nmt.optim import build_optimizer
@@ -39,24 +39,33 @@ class TranslationModule(L.LightningModule):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, model: dict[str, Any],
                  optim: dict[str, Any], label_smoothing: float = 0.1,
                  validation: dict[str, Any] | None = None,
-                 test_decoding: dict[str, Any] | None = None, *,
-                 references: Callable[[str], list[str]] | None = None) -> None:
+                 test_decoding: dict[str, Any] | None = None,
+                 doubly_stochastic: float = 0.0, *,
+                 references: Callable[[str], list[Any]] | None = None,
+                 scorer: Scorer | None = None) -> None:
         """``optim`` is checked by nmt.optim.check_optim (nmt.train does it before any
-        data); ``references(split)`` gives the reference translations that validation
-        and test BLEU are scored against (none: no BLEU)."""
+        data); ``references(split)`` gives what validation and test outputs are scored
+        against (none: no scores): one reference translation per sentence, or a list of
+        captions per image, as ``scorer(hypotheses, references)`` (default: BLEU, chrF
+        and lowercased BLEU of translations) expects. ``doubly_stochastic`` is the weight
+        of Xu et al.'s attention regulariser (nmt.loss.attention_coverage_penalty)."""
         super().__init__()
         check_label_smoothing(label_smoothing)
+        if doubly_stochastic < 0:
+            raise ConfigError(f"loss.doubly_stochastic must be >= 0, got {doubly_stochastic}")
         # Every decoding setting spelled out, so that the checkpoint records them all.
         validation = dataclasses.asdict(Decoding.from_dict(validation, "validation",
                                                            beam_size=1))
         test_decoding = dataclasses.asdict(Decoding.from_dict(test_decoding or validation,
                                                               "test_decoding"))
-        self.save_hyperparameters(ignore=["references"])  # a method of the data, not a setting
+        # Methods of the data and the task, not settings.
+        self.save_hyperparameters(ignore=["references", "scorer"])
         try:
             self.model = build_model(model, src_vocab_size, tgt_vocab_size, PAD_ID)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"model: {e}") from None
         self.references = references
+        self.scorer: Scorer = scorer or translation_scores
         self.src_spm: bytes | None = None
         self.tgt_spm: bytes | None = None
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
@@ -66,8 +75,10 @@ class TranslationModule(L.LightningModule):
 
     # -- tokenizers in the checkpoint ----------------------------------------------------
 
-    def set_tokenizers(self, src: Tokenizer, tgt: Tokenizer) -> None:
-        self.src_spm, self.tgt_spm = src.model_proto, tgt.model_proto
+    def set_tokenizers(self, src: Tokenizer | None, tgt: Tokenizer) -> None:
+        """The SentencePiece models the checkpoint carries; captioning has no source one."""
+        self.src_spm = src.model_proto if src is not None else None
+        self.tgt_spm = tgt.model_proto
 
     @property
     def tgt_tokenizer(self) -> Tokenizer:
@@ -87,14 +98,23 @@ class TranslationModule(L.LightningModule):
     # -- training ------------------------------------------------------------------------
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.model(batch.src, batch.src_lengths, batch.tgt_in)  # (B, T, V)
+        return self.model(batch.src, batch.src_lengths, batch.tgt_in, batch.src_index)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        logits = self(batch)
+        weight = self.hparams.get("doubly_stochastic", 0.0)
+        if weight:
+            logits, attn = self.model.forward_with_attention(batch.src, batch.src_lengths,
+                                                             batch.tgt_in, batch.src_index)
+        else:
+            logits, attn = self(batch), None
         loss, nll, n_tokens = label_smoothed_nll(logits, batch.tgt_out,
                                                  self.hparams["label_smoothing"])
         n = n_tokens.clamp(min=1)
-        bsz = batch.src.size(0)
+        bsz = batch.tgt_in.size(0)  # target rows: an image with three captions counts three
+        if attn is not None:
+            penalty = attention_coverage_penalty(attn, batch.tgt_out)
+            self.log("train/coverage_penalty", penalty / bsz, batch_size=bsz)
+            loss = loss + weight * penalty
         self.log("train/loss", loss / n, prog_bar=True, batch_size=bsz)
         self.log("train/ppl", torch.exp((nll / n).clamp(max=50)), batch_size=bsz)
         # Trainer sets log_every_n_steps in __init__ through a connector; its stub lacks it.
@@ -171,15 +191,37 @@ class TranslationModule(L.LightningModule):
         if not decoded:
             return
         hyps = self.tgt_tokenizer.decode([by_index[i] for i in decoded])
-        scores = corpus_scores(hyps, [refs[i] for i in decoded], EVAL_METRICS)
-        for name in EVAL_METRICS:
-            self.log(f"{prefix}/{name}", float(scores[name]), prog_bar=name == "bleu")
+        scores = self.scorer(hyps, [refs[i] for i in decoded])
+        for name, value in scores.items():
+            self.log(f"{prefix}/{name}", float(value), prog_bar=name in ("bleu", "cider"))
 
     # -- optimization --------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        return build_optimizer(self.hparams["optim"], self.parameters(), self.monitor,
+        return build_optimizer(self.hparams["optim"], self.parameter_groups(), self.monitor,
                                total_steps=lambda: self.trainer.estimated_stepping_batches)
+
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters; a fine-tuned image backbone with ``encoder_lr`` set is
+        a group of its own with that learning rate."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        lr = self.model.record["config"].get("encoder_lr") if self.model.record else None
+        backbone = getattr(self.model.encoder, "backbone_parameters", None)
+        if lr is None or backbone is None:
+            return [{"params": trainable}]
+        own = {id(p) for p in backbone() if p.requires_grad}
+        return [{"params": [p for p in trainable if id(p) in own], "lr": lr},
+                {"params": [p for p in trainable if id(p) not in own]}]
+
+
+Scorer = Callable[[list[str], list[Any]], dict[str, float]]
+
+
+def translation_scores(hypotheses: list[str], references: list[Any]) -> dict[str, float]:
+    """BLEU, chrF and lowercased BLEU (EVAL_METRICS) of translations, one reference each."""
+    scores = corpus_scores(hypotheses, references, EVAL_METRICS)
+    return {name: float(scores[name]) for name in EVAL_METRICS}
 
 
 @functools.lru_cache(maxsize=4)

@@ -28,13 +28,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from nmt.callbacks import Throughput
+from nmt.callbacks import PreciseBatchNorm, Throughput
 from nmt.checkpointing import LAST, AtomicCheckpointIO, ResumableCheckpoint
-from nmt.data.datamodule import NMTDataModule
+from nmt.config import TASKS
+from nmt.data.captioning import ImageSettings
+from nmt.data.datamodule import CaptionDataModule, NMTDataModule
 from nmt.decoding import load_checkpoint
 from nmt.errors import CheckpointError, ConfigError
 from nmt.loggers import ContinuedCSVLogger, read_rows
-from nmt.metrics import signatures
+from nmt.metrics import caption_scores, signatures
+from nmt.model.image_encoder import ImageEncoder
 from nmt.module import EVAL_METRICS, TranslationModule
 from nmt.optim import check_optim, follows_metric
 
@@ -76,7 +79,7 @@ def check_trainer(trainer_cfg: dict[str, Any]) -> None:
 
 
 MONITORS = {"val/bleu": "max", "val/chrf": "max", "val/bleu_lc": "max", "val/loss": "min",
-            "val/ppl": "min"}
+            "val/ppl": "min", "val/cider": "max", "val/bleu4": "max", "val/rouge_l": "max"}
 
 
 @dataclass(frozen=True)
@@ -130,27 +133,11 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
     """Check the config, prepare the data, and build the data module, model and trainer."""
     trainer_cfg = plain(cfg.trainer)
     check_trainer(trainer_cfg)
-    model_cfg, optim_cfg = plain(cfg.model), plain(cfg.optim)
-    if model_cfg.get("tie_src_tgt") and not cfg.tokenizer.joint:
-        raise ConfigError("model.tie_src_tgt=true needs a joint vocabulary (tokenizer=spm_joint)")
-    # Build the module once with a dummy vocabulary: every model/optim error shows up
-    # now, before any data is touched.
-    check_optim(optim_cfg)
-    TranslationModule(8, 8, model_cfg, optim_cfg, cfg.loss.label_smoothing,
-                      plain(cfg.validation), plain(cfg.test_decoding))
-
-    dm = NMTDataModule(plain(cfg.data), plain(cfg.tokenizer),
-                       max_tokens=cfg.batching.max_tokens,
-                       eval_max_tokens=cfg.batching.eval_max_tokens,
-                       num_workers=cfg.batching.num_workers, seed=cfg.seed)
-    dm.setup("fit")  # fetch, tokenizers, encoding: cached after the first run
-    prepared = dm.prepared
-    assert prepared is not None
-    module = TranslationModule(prepared.src_tokenizer.vocab_size,
-                               prepared.tgt_tokenizer.vocab_size, model_cfg, optim_cfg,
-                               cfg.loss.label_smoothing, plain(cfg.validation),
-                               plain(cfg.test_decoding), references=dm.references)
-    module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task: unknown task {cfg.task!r}; valid choices: {', '.join(TASKS)}")
+    check_optim(plain(cfg.optim))
+    builder = build_captioning if cfg.task == "caption" else build_translation
+    dm, module = builder(cfg)
     loggers = make_loggers(cfg, run_dir, resume)
     callbacks = make_callbacks(cfg, run_dir, trainer_cfg, module)
     try:
@@ -160,6 +147,59 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"trainer: {e}") from None
     return dm, module, trainer
+
+
+def make_module(cfg: DictConfig, src_vocab_size: int, tgt_vocab_size: int, **kwargs: Any
+                ) -> TranslationModule:
+    return TranslationModule(src_vocab_size, tgt_vocab_size, plain(cfg.model), plain(cfg.optim),
+                             cfg.loss.label_smoothing, plain(cfg.validation),
+                             plain(cfg.test_decoding), cfg.loss.doubly_stochastic, **kwargs)
+
+
+def build_translation(cfg: DictConfig) -> tuple[NMTDataModule, TranslationModule]:
+    if cfg.model.get("encoder") == "image":
+        raise ConfigError("model: an image encoder translates no text; use task=caption, "
+                          "or a text model (model=lstm)")
+    if cfg.model.get("tie_src_tgt") and not cfg.tokenizer.joint:
+        raise ConfigError("model.tie_src_tgt=true needs a joint vocabulary (tokenizer=spm_joint)")
+    # Build the module once with a dummy vocabulary: every model/optim error shows up
+    # now, before any data is touched.
+    make_module(cfg, 8, 8)
+    dm = NMTDataModule(plain(cfg.data), plain(cfg.tokenizer),
+                       max_tokens=cfg.batching.max_tokens,
+                       eval_max_tokens=cfg.batching.eval_max_tokens,
+                       num_workers=cfg.batching.num_workers, seed=cfg.seed)
+    dm.setup("fit")  # fetch, tokenizers, encoding: cached after the first run
+    prepared = dm.prepared
+    assert prepared is not None
+    module = make_module(cfg, prepared.src_tokenizer.vocab_size,
+                         prepared.tgt_tokenizer.vocab_size, references=dm.references)
+    module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
+    return dm, module
+
+
+def build_captioning(cfg: DictConfig) -> tuple[CaptionDataModule, TranslationModule]:
+    """An image encoder's model over images and captions: the same module and decoder."""
+    if cfg.model.get("encoder") != "image":
+        raise ConfigError(f"task=caption needs an image encoder (model=show_attend_tell or "
+                          f"show_attend_tell_resnet), not model.encoder={cfg.model.get('encoder')}")
+    probe = make_module(cfg, 1, 8).model.encoder  # errors before data; the grid's size
+    assert isinstance(probe, ImageEncoder)
+    settings = ImageSettings.of(plain(cfg.model))
+    rows, cols = probe.grid_shape(settings.size)
+    dm = CaptionDataModule(plain(cfg.data), plain(cfg.tokenizer), settings, rows * cols,
+                           max_tokens=cfg.batching.max_tokens,
+                           eval_max_tokens=cfg.batching.eval_max_tokens,
+                           num_workers=cfg.batching.num_workers, seed=cfg.seed)
+    dm.setup("fit")
+    module = make_module(cfg, 1, dm.tokenizer.vocab_size, references=dm.references,
+                         scorer=caption_scores)
+    encoder = module.model.encoder
+    assert isinstance(encoder, ImageEncoder)
+    if encoder.frozen:
+        dm.use_encoder(encoder)  # features computed once, cached on disk
+    module.set_tokenizers(None, dm.tokenizer)
+    return dm, module
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> list[Any]:
@@ -201,6 +241,8 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
         raise ConfigError(str(e)) from None
     callbacks: list[L.Callback] = [last, LearningRateMonitor(logging_interval="step"),
                                    Throughput()]
+    if cfg.task == "caption":  # a CNN's BatchNorm statistics, recomputed for validation
+        callbacks.append(PreciseBatchNorm())
     module.monitor = (cb.monitor, MONITORS[cb.monitor])
     if validation_runs(trainer_cfg):
         log.info("best checkpoint%s: by %s (%s)", "" if cb.early_stopping_patience is None
@@ -263,15 +305,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best_cb = trainer.checkpoint_callback
     best = best_cb.best_model_path if isinstance(best_cb, ModelCheckpoint) else ""
     scored = best or str(run_dir / "checkpoints" / LAST)
-    assert dm.prepared is not None  # fit ran dm.setup
-    if cfg.test_after_training and "test" in dm.prepared.datasets and Path(scored).is_file():
+    if cfg.test_after_training and dm.has_split("test") and Path(scored).is_file():
         for result in trainer.test(module, datamodule=dm, ckpt_path=scored, verbose=False):
             metrics.update({k: float(v) for k, v in result.items()})
     if trainer.is_global_zero:
         # The sacrebleu signatures of the last scores: the test's if it ran, else validation's.
         prefix = "test" if "test/bleu" in metrics else "val"
         signed = {f"{prefix}/{k}": v for k, v in signatures(EVAL_METRICS).items()
-                  if f"{prefix}/bleu" in metrics}
+                  if f"{prefix}/bleu" in metrics and cfg.task == "translate"}
         summary = {"run_dir": str(run_dir), "best_checkpoint": best, **metrics, **signed,
                    "test_decoding": plain(cfg.test_decoding),
                    "validations": validation_history(run_dir)}

@@ -100,6 +100,9 @@ class Translator:
                         ) -> Translator:
         ckpt = load_checkpoint(path, "cpu")
         model = model_from_checkpoint(ckpt, str(path))  # CheckpointError naming the file
+        if not ckpt["tokenizers"].get("src"):
+            raise CheckpointError(f"{path}: an image captioning model, not a translation "
+                                  "model; use caption.py")
         try:
             src = Tokenizer(ckpt["tokenizers"]["src"])
             tgt = Tokenizer(ckpt["tokenizers"]["tgt"])

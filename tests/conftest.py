@@ -13,11 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt.model.image_encoder import prepare_torchvision
-
-# Before any test module imports lightning, whose torchmetrics imports torchvision when it
-# is installed: on machines where its compiled ops cannot load, only the models work.
-prepare_torchvision()
+import nmt  # noqa: F401  (first: makes an installed torchvision importable for lightning)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

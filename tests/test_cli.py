@@ -12,6 +12,7 @@ from conftest import files_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from nmt.data.captioning import CaptionDataConfig
 from nmt.data.corpus import CATALOG
 from nmt.data.prepare import DataConfig, from_dict
 from nmt.data.tokenizer import TokenizerConfig
@@ -33,6 +34,10 @@ def compose_cfg(config: str, overrides: list[str]):
 def test_every_data_config_composes(data):
     cfg = compose_cfg("prepare", [f"data={data}"])
     values = OmegaConf.to_container(cfg.data, resolve=False)
+    if "format" in values:  # captioning data (docs/captioning.md)
+        caption = from_dict(CaptionDataConfig, values, "data")
+        assert caption.format in ("shapes", "karpathy", "csv") and caption.name == data
+        return
     dc = from_dict(DataConfig, values, "data")
     if dc.corpus is not None:
         entry = CATALOG[dc.corpus]
@@ -89,12 +94,14 @@ def test_unknown_choice_lists_valid_ones(tmp_path):
     result = run_cli("prepare", "data=multi30k_en_xx", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: data=multi30k_en_xx: no such choice; valid choices: files, multi30k_cs_en, "
-        "multi30k_de_en, multi30k_en_cs, multi30k_en_de, multi30k_en_fr, multi30k_fr_en")
+        "error: data=multi30k_en_xx: no such choice; valid choices: captions_csv, coco, files, "
+        "flickr30k, flickr8k, multi30k_cs_en, multi30k_de_en, multi30k_en_cs, multi30k_en_de, "
+        "multi30k_en_fr, multi30k_fr_en, shapes")
 
 
 def test_misspelled_key_is_refused(tmp_path):
     result = run_cli("prepare", "data.srclang=en", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: data.srclang: unknown key; valid keys: clean, "
-                                     "corpus, local_dir, name, root, splits, src_lang, tgt_lang")
+                                     "corpus, files, local_dir, name, root, splits, src_lang, "
+                                     "tgt_lang")

@@ -22,7 +22,8 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-GROUPS = ["data", "tokenizer", "model", "optim", "trainer", "callbacks", "logger", "experiment"]
+GROUPS = ["data", "tokenizer", "model", "optim", "trainer", "callbacks", "logger", "experiment",
+          "task"]
 
 
 @pytest.mark.parametrize(("group", "choice"),

@@ -20,7 +20,7 @@ from nmt.module import label_smoothed_nll
 
 V = 23  # test_model's vocabulary (toy_batch)
 CHANNELS = [4, 8, 8, 8, 12]  # a tiny "small" backbone: 12 channels, grid = size / 8
-IMAGE_SMALL = {"encoder": "image", "channels": CHANNELS, "emb_size": 8,
+IMAGE_SMALL = {"encoder": "image", "channels": CHANNELS, "emb_size": 8, "image_size": 16,
                "decoder_hidden": 12, "dropout": 0.0}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,17 +60,14 @@ def test_shapes(backbone, size, grid, channels):
 
 
 def test_cells_are_row_major():
-    """Cell row * w + col is the grid's (row, col): pixels at the top right change cell 7
-    of the 8x8 grid (row 0, col 7), never cell 56 (row 7, col 0)."""
+    """Cell row * w + col is the grid's (row, col) of the 8x8 grid."""
     enc = encoder().eval()
     x = images(1, 64)
-    changed = x.clone()
-    changed[:, :, :8, 56:] += 5.0
     with torch.no_grad():
-        diff = (enc.features(changed) - enc.features(x)).abs().sum(-1)[0]  # (64,)
+        features = enc.features(x)  # (1, 64, C)
         grid = enc.backbone(x)  # (1, C, 8, 8)
-    assert diff[7] > 0 and diff[56] == 0 and diff[63] == 0
-    torch.testing.assert_close(enc.features(x)[0, 8 * 2 + 5], grid[0, :, 2, 5])
+    for row, col in [(0, 7), (7, 0), (2, 5), (7, 7)]:
+        torch.testing.assert_close(features[0, 8 * row + col], grid[0, :, row, col])
 
 
 def test_final_is_the_mean_of_the_cells():
@@ -91,7 +88,7 @@ def test_cached_features_give_what_images_give():
 
 
 def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():
-    enc = encoder(freeze=True).train()
+    enc = encoder("resnet18", freeze=True).train()
     assert enc.frozen and enc.training and not enc.backbone.training
     stats = {k: v.clone() for k, v in enc.backbone.state_dict().items()}
     memory, _, final = enc(images(), torch.full((2,), 4))
@@ -99,10 +96,10 @@ def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():
     assert all(not p.requires_grad and p.grad is None for p in enc.backbone_parameters())
     for key, value in enc.backbone.state_dict().items():
         assert torch.equal(value, stats[key]), key
-    trained = encoder().train()
+    trained = encoder("resnet18").train()
     trained(images(), torch.full((2,), 4))[2].sum().backward()
     assert all(p.grad is not None for p in trained.backbone_parameters())
-    assert not torch.equal(trained.backbone[1].running_mean, stats["1.running_mean"])
+    assert not torch.equal(trained.backbone.bn1.running_mean, stats["bn1.running_mean"])
 
 
 @pytest.mark.parametrize(("grid", "shape"), [(2, (2, 2)), ([1, 3], (1, 3))])
@@ -174,7 +171,7 @@ def test_an_image_model_learns():
     tgt_out = torch.stack([words, torch.full((8,), EOS_ID)], 1)
     lengths = torch.full((8,), 16)
     torch.manual_seed(0)
-    model = build_model(IMAGE_SMALL, 1, V)
+    model = build_model({**IMAGE_SMALL, "image_size": 32}, 1, V)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(60):
@@ -237,15 +234,16 @@ def test_bad_image_options(config, match):
     one_line_error(lambda: build_model({**IMAGE_SMALL, **config}, V, V), match)
 
 
-def test_torchvision_is_imported_only_for_resnets():
-    """In a fresh process: text models never import torchvision; a missing torchvision is
-    one line naming the backbone; the import works (with placeholder ops if need be)."""
+def test_torchvision_import_works_beside_lightning_or_is_one_line():
+    """In a fresh process: after ``import nmt``, lightning (whose torchmetrics imports an
+    installed torchvision) imports; a missing torchvision is one line naming the backbone;
+    the import works (with placeholder ops if need be)."""
     script = """if True:
         import sys
-        import nmt.model, nmt.translate
+        import nmt, lightning
         from nmt.model import image_encoder
         nmt.model.build_model({"encoder": "image"}, 1, 5)
-        print("torchvision" in sys.modules)
+        print("imported")
         sys.modules["torchvision"] = None
         try:
             image_encoder.import_torchvision("resnet34")
@@ -259,7 +257,7 @@ def test_torchvision_is_imported_only_for_resnets():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "False" and lines[2] == "True"
+    assert lines[0] == "imported" and lines[2] == "True"
     assert lines[1].startswith("model.backbone=resnet34 needs torchvision: ModuleNotFoundError")
 
 
@@ -287,3 +285,42 @@ def test_models_without_the_gate_are_unchanged():
         assert torch.equal(loaded(src, lengths, tgt), default(src, lengths, tgt))
         gated = make(attention_gate=True).eval()(src, lengths, tgt)
     assert not torch.allclose(gated, default(src, lengths, tgt))
+
+
+def test_positions_are_learned_per_cell_of_the_model_grid():
+    model = build_model(IMAGE_SMALL, 1, V)  # 16x16 images: a 2x2 grid of 12 channels
+    assert model.encoder.position.shape == (4, 12)
+    x, lengths, _ = image_batch()
+    with torch.no_grad():
+        memory, _, final = model.encoder.eval()(x, lengths)
+        features = model.encoder.features(x)
+    torch.testing.assert_close(memory, features + model.encoder.position)
+    torch.testing.assert_close(final, features.mean(1))  # the mean of the content only
+    one_line_error(lambda: model.encoder(images(2, 32), torch.full((2,), 16)),
+                   "^the feature grid has 16 cells, the model knows positions for 4: give "
+                   "images of the model's image_size$")
+    plain = build_model({**IMAGE_SMALL, "positions": False}, 1, V)
+    assert plain.encoder.position is None
+    assert not any("position" in name for name, _ in plain.named_parameters())
+
+
+def test_small_cells_are_centred_on_their_own_pixels():
+    """Cell (r, c) of the small CNN is centred on pixels 8r..8r+7 x 8c..8c+7 (not
+    half a cell off): a pixel changes the cells around it symmetrically."""
+    enc = encoder().eval()
+    x = images(1, 64)
+    with torch.no_grad():
+        base = enc.features(x)[0]  # (64, C)
+
+        def changed_cells(row: int, col: int) -> set[int]:
+            y = x.clone()
+            y[0, :, row, col] += 3.0
+            diff = (enc.features(y)[0] - base).abs().sum(-1)
+            return set(torch.nonzero(diff > 1e-5).flatten().tolist())
+
+    # Inside cell (3, 4): it and its 8 neighbours (the last 3x3), centred on (3, 4).
+    assert changed_cells(8 * 3 + 3, 8 * 4 + 4) == {8 * r + c for r in (2, 3, 4)
+                                                   for c in (3, 4, 5)}
+    # At the corner of four cells: the 4 x 4 cells around that corner, symmetric.
+    assert changed_cells(8 * 3, 8 * 4) == {8 * r + c for r in (1, 2, 3, 4)
+                                           for c in (2, 3, 4, 5)}

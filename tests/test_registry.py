@@ -44,7 +44,7 @@ def built(config: dict, src_vocab: int = V, tgt_vocab: int = V):
     small = SMALL if config.get("encoder", "rnn") == "rnn" else {
         k: v for k, v in SMALL.items() if k != "encoder_hidden"}
     if config.get("encoder") == "image":
-        small = {**small, "channels": [4, 4, 4, 4, 12]}
+        small = {**small, "channels": [4, 4, 4, 4, 12], "image_size": 16}
     torch.manual_seed(0)
     return build_model({**small, **config}, src_vocab, tgt_vocab)
 

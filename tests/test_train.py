@@ -32,9 +32,9 @@ def toy_cfg(toy_dir, tmp_path) -> dict:
 # --- configs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", choices("model"))
+@pytest.mark.parametrize("model", [m for m in choices("model") if m in ("lstm", "gru", "rnn")])
 @pytest.mark.parametrize("optim", choices("optim"))
-def test_model_and_optim_configs_build(model, optim):
+def test_model_and_optim_configs_build(model, optim):  # image models: test_captioning.py
     cfg = compose_train([f"model={model}", f"optim={optim}", "optim.scheduler.total_steps=100"]
                         if optim == "adam_cosine" else [f"model={model}", f"optim={optim}"])
     check_optim(plain(cfg.optim))

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import itertools
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from nmt.data.captioning import (
+    CaptionCollate,
+    CaptionDataConfig,
+    CaptionDataset,
+    ImageSettings,
+    PreparedCaptions,
+    cache_features,
+    prepare_captions,
+)
 from nmt.data.corpus import read_lines
-from nmt.data.dataset import ParallelDataset, collate
+from nmt.data.dataset import Batch, ParallelDataset, collate
 from nmt.data.prepare import DataConfig, PreparedData, from_dict, prepare
 from nmt.data.sampler import TokenBatchSampler
-from nmt.data.tokenizer import TokenizerConfig
+from nmt.data.tokenizer import Tokenizer, TokenizerConfig
 from nmt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nmt.model.image_encoder import ImageEncoder
 
 
 class NMTDataModule(L.LightningDataModule):
@@ -77,16 +91,25 @@ class NMTDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset: ParallelDataset, sampler: TokenBatchSampler) -> DataLoader:
+    def _loader(self, dataset: ParallelDataset | CaptionDataset, sampler: TokenBatchSampler
+                ) -> DataLoader:
         # Its own generator: a DataLoader otherwise draws its workers' base seed from the
         # global RNG each time it is iterated, and a run resumed at an epoch boundary
         # would then draw different dropout masks than one that never stopped.
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate_fn,
                           num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
 
-    def dataset(self, split: str) -> ParallelDataset:
+    def collate_fn(self, examples: list[Any]) -> Batch:
+        return collate(examples)
+
+    def has_split(self, split: str) -> bool:
+        self.setup()
+        assert self.prepared is not None
+        return split in self.prepared.datasets
+
+    def dataset(self, split: str) -> ParallelDataset | CaptionDataset:
         if self.prepared is None:
             self.setup()
         assert self.prepared is not None
@@ -122,3 +145,110 @@ class NMTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
+
+
+class CaptionDataModule(NMTDataModule):
+    """The same loaders over images and their captions (nmt.data.captioning).
+
+    Batches are of caption tokens (``max_tokens``, padding included); each image
+    enters as normalised pixels, or as its cached features once ``use_encoder`` is
+    given a frozen encoder.
+    """
+
+    def __init__(self, data: Mapping[str, Any], tokenizer: Mapping[str, Any],
+                 image: ImageSettings, cells: int, max_tokens: int = 1024,
+                 eval_max_tokens: int | None = None, num_workers: int = 0,
+                 seed: int = 1) -> None:
+        L.LightningDataModule.__init__(self)
+        self.caption_cfg = from_dict(CaptionDataConfig, data, "data")
+        self.caption_cfg.check()
+        self.tokenizer_cfg = from_dict(TokenizerConfig, tokenizer, "tokenizer")
+        if max_tokens <= 0:
+            raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
+        self.max_tokens = max_tokens
+        self.eval_max_tokens = eval_max_tokens or 2 * max_tokens
+        self.num_workers = num_workers
+        self.seed = seed
+        self.image = image
+        self.collate = CaptionCollate(image, cells)
+        self.captions: PreparedCaptions | None = None
+        self._encoder: ImageEncoder | None = None
+        self._train_sampler = None
+        self._resume_state = None
+
+    def collate_fn(self, examples: list[Any]) -> Batch:
+        return self.collate(examples)
+
+    def has_split(self, split: str) -> bool:
+        self.setup()
+        assert self.captions is not None
+        return split in self.captions.datasets
+
+    def prepare_data(self) -> None:
+        self.setup()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.captions is None:
+            self.captions = prepare_captions(self.caption_cfg, self.tokenizer_cfg,
+                                             self.image.size)
+            if self._encoder is not None:
+                self._use_features(self._encoder)
+
+    def use_encoder(self, encoder: ImageEncoder) -> None:
+        """Train on the cached features of ``encoder`` (frozen) instead of pixels."""
+        self._encoder = encoder
+        if self.captions is not None:
+            self._use_features(encoder)
+
+    def _use_features(self, encoder: ImageEncoder) -> None:
+        captions = self.captions
+        assert captions is not None
+        for split, pixels in list(captions.inputs.items()):
+            captions.inputs[split] = cache_features(pixels, encoder, self.image,
+                                                    self.caption_cfg.directory)
+        captions.build_datasets()
+        first = next(iter(captions.inputs.values()))
+        self.collate = CaptionCollate(self.image, int(first.shape[1]))
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        self.setup()
+        assert self.captions is not None
+        return self.captions.tokenizer
+
+    def references(self, split: str) -> list[list[str]]:  # type: ignore[override]
+        """All captions of each image of ``split``, in image order (example i is image i)."""
+        self.dataset(split)
+        assert self.captions is not None
+        return self.captions.references(split)
+
+    def train_sampler(self, seed: int | None = None) -> TokenBatchSampler:
+        """Training batches of random images (not of similar caption lengths, as text
+        batches are): BatchNorm in a CNN learns from batch statistics, which would
+        otherwise differ by the number of shapes in an image. As many images as fit
+        ``max_tokens`` caption tokens at the split's mean per image."""
+        ds = self.dataset("train")
+        world, rank = self._world()
+        cost = np.full(len(ds), int(np.ceil(ds.tgt_lengths.mean())) + 1)
+        sampler = TokenBatchSampler(np.ones(len(ds), dtype=np.int64), cost, self.max_tokens,
+                                    shuffle=True, seed=self.seed if seed is None else seed,
+                                    num_replicas=world, rank=rank)
+        if self._resume_state is not None and seed is None:
+            sampler.load_state_dict(self._resume_state)
+            self._resume_state = None
+        return sampler
+
+    def calibration_batches(self, n: int) -> Iterator[Batch]:
+        """``n`` training batches for recomputing BatchNorm statistics (callbacks.
+        PreciseBatchNorm): the same on every rank, leaving the training order untouched."""
+        sampler = self.train_sampler(seed=self.seed + 7919)
+        for indices in itertools.islice(sampler.batches(0), n):
+            yield self.collate_fn(self.dataset("train").__getitems__(list(indices)))
+
+    def dataset(self, split: str) -> CaptionDataset:
+        self.setup()
+        assert self.captions is not None
+        if split not in self.captions.datasets:
+            raise ConfigError(f"data: no {split} split configured")
+        return self.captions.datasets[split]
+

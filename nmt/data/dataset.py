@@ -44,6 +44,9 @@ class Batch(NamedTuple):
     tgt_in: torch.Tensor  # (B, T) BOS + target ids, padded
     tgt_out: torch.Tensor  # (B, T) target ids + EOS, padded
     indices: torch.Tensor  # (B,) example index in its split
+    # (N,) the source row of each target row when a source has several targets (an image
+    # and its captions: the encoder runs once per image); None: row i is source i.
+    src_index: torch.Tensor | None = None
 
 
 @dataclass

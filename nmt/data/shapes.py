@@ -11,6 +11,7 @@ never both apply. Small enough for a CPU, big enough to need attention; the scen
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from nmt.errors import DataError
@@ -202,7 +204,15 @@ def write_shapes(out_dir: str | os.PathLike, counts: Mapping[str, int] = SHAPES_
     The directory appears whole or not at all.
     """
     out_dir = Path(out_dir)
-    settings = _settings(counts, seed, image_size)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One process generates, the others (DDP ranks) wait for it and reuse its dataset.
+    with open(out_dir.with_name(f".{out_dir.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_shapes(out_dir, _settings(counts, seed, image_size), seed, image_size)
+
+
+def _write_shapes(out_dir: Path, settings: dict[str, Any], seed: int, image_size: int
+                  ) -> Path:
     json_path = out_dir / "dataset.json"
     existing = _existing_settings(json_path)
     if existing == settings:
@@ -280,3 +290,32 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+
+def attention_hits(words: Sequence[str], attention: np.ndarray, scene: Sequence[ShapeObject],
+                   grid: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """How many colour and shape words of a caption were written while the most attended
+    cell lay inside the box of the shape the word names, and how many such words there are.
+
+    ``words`` are the caption's words, one attention row each ((T, rows * cols), cells
+    row-major); the phrase "size colour shape" around a word names its object. A word
+    whose phrase names no object of the scene (a wrong caption) counts as a miss. A cell
+    lies inside a box when its centre does.
+    """
+    rows, cols = grid
+    hits = total = 0
+    for t, word in enumerate(words):
+        if word not in COLOURS and word not in SHAPE_NAMES:
+            continue
+        total += 1
+        start = t - 1 if word in COLOURS else t - 2  # where the phrase begins
+        phrase = list(words[max(start, 0):start + 3]) if start >= 0 else []
+        obj = object_for_phrase(scene, *phrase) if len(phrase) == 3 else None
+        if obj is None:
+            continue
+        r, c = divmod(int(np.argmax(attention[t])), cols)
+        x, y = (c + 0.5) * image_size / cols, (r + 0.5) * image_size / rows
+        x0, y0, x1, y1 = obj.box
+        hits += int(x0 <= x < x1 and y0 <= y < y1)
+    return hits, total

@@ -120,6 +120,14 @@ class TokenizerConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class VocabularyTooLarge(TokenizerError):
+    """The training sentences allow at most ``limit`` pieces (None: not known)."""
+
+    def __init__(self, limit: int | None, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
     """Train one SentencePiece model on the given sentences (empty ones are skipped)."""
     writer = io.BytesIO()
@@ -152,7 +160,7 @@ def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig) -> Token
         msg = str(e)
         limit = re.search(r"value <= (\d+)", msg)
         if "Vocabulary size" in msg:
-            raise TokenizerError(
+            raise VocabularyTooLarge(int(limit.group(1)) if limit else None,
                 f"tokenizer vocab_size={cfg.vocab_size} is too large for this training data "
                 f"({count} sentences); lower tokenizer.vocab_size"
                 + (f" to at most {limit.group(1)}" if limit else "")

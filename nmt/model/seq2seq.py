@@ -134,17 +134,20 @@ class Seq2Seq(nn.Module):
         return self.logits(out), state, attn
 
     def forward_with_attention(self, src: torch.Tensor, src_lengths: torch.Tensor,
-                               tgt_in: torch.Tensor
+                               tgt_in: torch.Tensor, src_index: torch.Tensor | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher forcing: logits (B, T, V) and attention (B, T, S) or None."""
+        """Teacher forcing: logits (N, T, V) and attention (N, T, S) or None. Target row n
+        is that of source ``src_index[n]`` (an image and its captions; None: of source n)."""
         enc = self.encode(src, src_lengths)
+        if src_index is not None:
+            enc = self.reorder_encoder(enc, src_index)
         emb = self.emb_dropout(self.tgt_embed(tgt_in))  # (B, T, E)
         out, attn = self.decoder(emb, self.init_state(enc), enc.keys, enc.memory, enc.mask)
         return self.logits(out), attn  # one output matmul for all positions
 
-    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
-                ) -> torch.Tensor:
-        return self.forward_with_attention(src, src_lengths, tgt_in)[0]
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
+                src_index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_with_attention(src, src_lengths, tgt_in, src_index)[0]
 
     # -- reordering for beam search ------------------------------------------------------
 
