@@ -47,16 +47,21 @@ class NMTDataModule(L.LightningDataModule):
         self.tokenizer_cfg = (tokenizer if isinstance(tokenizer, TokenizerConfig)
                               else from_dict(TokenizerConfig, tokenizer, "tokenizer"))
         self.data_cfg.check()
+        self._batching(max_tokens, eval_max_tokens, num_workers, seed)
+        self.prepared: PreparedData | None = None
+        self._references: dict[str, list[str]] = {}
+
+    def _batching(self, max_tokens: int, eval_max_tokens: int | None, num_workers: int,
+                  seed: int) -> None:
+        """The loaders' settings, and no training position yet."""
         if max_tokens <= 0:
             raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
         self.max_tokens = max_tokens
         self.eval_max_tokens = eval_max_tokens or 2 * max_tokens
         self.num_workers = num_workers
         self.seed = seed
-        self.prepared: PreparedData | None = None
         self._train_sampler: TokenBatchSampler | None = None
         self._resume_state: dict[str, int] | None = None
-        self._references: dict[str, list[str]] = {}
 
     def references(self, split: str) -> list[str]:
         """The raw target lines of a split (dev/test are never filtered, so line i is example i)."""
@@ -163,18 +168,11 @@ class CaptionDataModule(NMTDataModule):
         self.caption_cfg = from_dict(CaptionDataConfig, data, "data")
         self.caption_cfg.check()
         self.tokenizer_cfg = from_dict(TokenizerConfig, tokenizer, "tokenizer")
-        if max_tokens <= 0:
-            raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
-        self.max_tokens = max_tokens
-        self.eval_max_tokens = eval_max_tokens or 2 * max_tokens
-        self.num_workers = num_workers
-        self.seed = seed
+        self._batching(max_tokens, eval_max_tokens, num_workers, seed)
         self.image = image
         self.collate = CaptionCollate(image, cells)
         self.captions: PreparedCaptions | None = None
         self._encoder: ImageEncoder | None = None
-        self._train_sampler = None
-        self._resume_state = None
 
     def collate_fn(self, examples: list[Any]) -> Batch:
         return self.collate(examples)
