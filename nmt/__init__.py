@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 # An installed torchvision whose compiled ops do not fit this torch (a wheel built for
 # another torch) breaks lightning's import, which imports torchvision when it is there:
-# nmt.model.image_encoder imports it with placeholders for those ops, first.
-from nmt.model.image_encoder import prepare_torchvision
+# nmt.model.backbones imports it with placeholders for those ops, first.
+from nmt.model.backbones import prepare_torchvision
 
 prepare_torchvision()
 

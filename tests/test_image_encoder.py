@@ -15,7 +15,8 @@ from train_helpers import ROOT
 
 from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.model import build_model, model_from_checkpoint
-from nmt.model.image_encoder import ImageEncoder, import_torchvision
+from nmt.model.backbones import import_torchvision
+from nmt.model.image_encoder import ImageEncoder
 from nmt.module import label_smoothed_nll
 
 V = 23  # test_model's vocabulary (toy_batch)
@@ -241,7 +242,7 @@ def test_torchvision_import_works_beside_lightning_or_is_one_line():
     script = """if True:
         import sys
         import nmt, lightning
-        from nmt.model import image_encoder
+        from nmt.model import backbones as image_encoder
         nmt.model.build_model({"encoder": "image"}, 1, 5)
         print("imported")
         sys.modules["torchvision"] = None
