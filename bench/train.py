@@ -19,17 +19,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# isort: off
+import nmt  # noqa: E402, F401  (first: makes an installed torchvision importable for lightning)
+import lightning as L  # noqa: E402
 from flops import counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-
 from nmt.data.tokenizer import PAD_ID  # noqa: E402
 from nmt.train import build  # noqa: E402
+# isort: on
 
 
 class StepTimer(L.Callback):
@@ -72,8 +74,9 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
             *overrides, f"trainer.max_steps={args.warmup + args.steps}",
-            "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", "callbacks.early_stopping_patience=null"])
+            "+trainer.limit_val_batches=0", "optim.scheduler=null",  # no validation, no plateau
+            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+            "callbacks.early_stopping_patience=null"])
     L.seed_everything(cfg.seed, verbose=False)
     with tempfile.TemporaryDirectory(prefix="nmt-bench-train-") as run_dir:
         cfg.run_dir = run_dir

@@ -11,10 +11,13 @@ import json
 import sys
 from pathlib import Path
 
+# isort: off
+# nmt first, also when this file runs as a script (DDP ranks): it registers the config
+# schema and makes an installed torchvision importable before lightning imports it.
+import nmt  # noqa: F401
 import lightning as L
 from hydra import compose, initialize_config_dir
-
-import nmt  # noqa: F401  (registers the config schema conf/train.yaml starts from)
+# isort: on
 
 ROOT = Path(__file__).resolve().parents[1]
 
