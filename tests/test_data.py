@@ -211,6 +211,7 @@ def test_catalog_download_is_cached_and_verified(tmp_path, monkeypatch):
     assert calls == ["https://example.invalid/train.en.gz"]
     assert fetch_file(entry, "train.en.gz", tmp_path / "cache") == path
     assert len(calls) == 1  # second time from the cache
+    assert not list(path.parent.glob("*.sha256"))  # a pinned checksum needs no record
 
 
 def test_catalog_download_with_wrong_content_is_rejected(tmp_path, monkeypatch):
@@ -225,8 +226,13 @@ def test_catalog_download_with_wrong_content_is_rejected(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("corpus", "split", "src", "tgt", "match"), [
     ("nope", "train", "en", "de", "unknown corpus 'nope'; known corpora: multi30k"),
-    ("multi30k", "dev", "en", "de", "no split 'dev'; valid splits: train, val, test_2016_flickr"),
+    ("multi30k", "dev", "en", "de", "no split 'dev'; valid splits: train, val, test_2016_flickr, "
+     "test_2017_flickr, test_2017_mscoco, test_2018_flickr$"),
     ("multi30k", "train", "en", "xx", "no language 'xx'; valid languages: en, de, fr, cs"),
+    ("multi30k", "test_2017_flickr", "en", "cs",
+     "split 'test_2017_flickr' has no language 'cs'; its languages: en, de, fr$"),
+    ("multi30k", "test_2017_mscoco", "cs", "de",
+     "split 'test_2017_mscoco' has no language 'cs'; its languages: en, de, fr$"),
     ("multi30k", "train", "en", "en", "both 'en'"),
 ])
 def test_catalog_bad_names(tmp_path, corpus, split, src, tgt, match):
@@ -234,13 +240,138 @@ def test_catalog_bad_names(tmp_path, corpus, split, src, tgt, match):
         fetch_split(corpus, split, src, tgt, tmp_path)
 
 
+def test_every_catalog_file_has_a_checksum_or_a_line_count():
+    for entry in CATALOG.values():
+        assert set(entry.split_languages) <= set(entry.splits) >= set(entry.test_splits)
+        for split in entry.splits:
+            for lang in entry.languages_of(split):
+                name = entry.filename(split, lang)
+                # exactly one of the two: a pinned file is never checked by line count
+                assert (name in entry.sha256) != (entry.expected_lines(name) is not None)
+
+
 def test_multi30k_offline_copy_matches_catalog(shared_data, tmp_path):
     entry = CATALOG["multi30k"]
-    assert len(entry.sha256) == len(entry.splits) * len(entry.languages)
-    for split in entry.splits:
+    pinned = [s for s in entry.splits if entry.filename(s, "en") in entry.sha256]
+    assert pinned == ["train", "val", "test_2016_flickr"]
+    assert len(entry.sha256) == len(pinned) * len(entry.languages)
+    for split in pinned:
         files = fetch_split("multi30k", split, "en", "de", tmp_path, local_dir=shared_data)
         n = sum(1 for _ in read_parallel(files.src, files.tgt))
         assert n == {"train": 29000, "val": 1014, "test_2016_flickr": 1000}[split]
+    assert not list(tmp_path.rglob("*.sha256"))
+
+
+# --- catalog files with no pinned checksum: published line count, then trust on first use -----
+
+MULTI30K_TESTS = {"test_2017_flickr": 1000, "test_2017_mscoco": 461, "test_2018_flickr": 1071}
+
+
+def fake_multi30k_tests(local: Path, langs: tuple[str, ...] = ("en", "de"),
+                        sizes: dict[str, int] = MULTI30K_TESTS) -> Path:
+    """Gzip files named and sized like the Multi30k 2017/2018 test sets, toy sentences inside."""
+    (local / "multi30k").mkdir(parents=True, exist_ok=True)
+    for i, (split, n) in enumerate(sizes.items()):
+        pairs = toy_pairs(n, seed=10 + i)
+        for lang in langs:
+            side = [en if lang == "en" else de for en, de in pairs]
+            write_side(local / "multi30k" / f"{split}.{lang}.gz", side, gz=True)
+    return local
+
+
+def test_multi30k_test_sets_are_in_the_catalog():
+    entry = CATALOG["multi30k"]
+    assert entry.test_splits == ("test_2016_flickr", *MULTI30K_TESTS)
+    assert entry.lines == MULTI30K_TESTS
+    assert entry.tests_with("en", "de") == entry.test_splits
+    assert entry.tests_with("en", "cs") == ("test_2016_flickr", "test_2018_flickr")
+    assert entry.url.format(file=entry.filename("test_2018_flickr", "cs")) == (
+        f"https://raw.githubusercontent.com/multi30k/dataset/{corpus_mod.MULTI30K_COMMIT}"
+        "/data/task1/raw/test_2018_flickr.cs.gz")
+
+
+@pytest.mark.parametrize("split", list(MULTI30K_TESTS))
+def test_unpinned_local_copy_checked_by_line_count_then_by_recorded_sha256(
+        split, tmp_path, monkeypatch, caplog):
+    local = fake_multi30k_tests(tmp_path / "copy")
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", _no_network)
+    with caplog.at_level("WARNING", logger="nmt.data.corpus"):
+        files = fetch_split("multi30k", split, "en", "de", cache, local_dir=local)
+    assert files.src == local / "multi30k" / f"{split}.en.gz"
+    assert files.checksum == sha256_file(files.src) + sha256_file(files.tgt)
+    record = cache / "multi30k" / f"{split}.de.gz.sha256"
+    assert record.read_text() == f"{sha256_file(files.tgt)}  {split}.de.gz\n"
+    [msg, _] = [r.getMessage() for r in caplog.records]
+    assert f"no sha256 is pinned for {split}.en.gz in the catalog, so it was checked by its " \
+           f"line count ({MULTI30K_TESTS[split]} lines, gzip, UTF-8)" in msg
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nmt.data.corpus"):
+        again = fetch_split("multi30k", split, "en", "de", cache, local_dir=local)
+    assert again == files and not caplog.records  # the recorded sha256 from now on
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (gzip.compress(b"eins\n" * 460), r"test_2017_mscoco\.de\.gz: 460 lines, but the published "
+     r"file has 461; it is incomplete or not the published version: delete it"),
+    (b"eins\n" * 461, r"test_2017_mscoco\.de\.gz: not a gzip file, .* delete it"),
+    (gzip.compress(b"eins\n\xff\n" * 200), r"test_2017_mscoco\.de\.gz, line 2: invalid UTF-8"),
+])
+def test_unpinned_file_with_wrong_content_is_refused(tmp_path, content, match):
+    local = fake_multi30k_tests(tmp_path / "copy")
+    (local / "multi30k" / "test_2017_mscoco.de.gz").write_bytes(content)
+    with pytest.raises(DataError, match=match) as e:
+        fetch_split("multi30k", "test_2017_mscoco", "en", "de", tmp_path / "cache", local)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "cache" / "multi30k" / "test_2017_mscoco.de.gz.sha256").exists()
+
+
+def test_unpinned_file_changed_after_first_use_is_refused(tmp_path):
+    local = fake_multi30k_tests(tmp_path / "copy")
+    fetch_split("multi30k", "test_2018_flickr", "en", "de", tmp_path / "cache", local)
+    pairs = toy_pairs(1071, seed=99)  # the right size, other sentences
+    write_side(local / "multi30k" / "test_2018_flickr.de.gz", [de for _, de in pairs], gz=True)
+    record = tmp_path / "cache" / "multi30k" / "test_2018_flickr.de.gz.sha256"
+    with pytest.raises(DataError, match=rf"test_2018_flickr\.de\.gz: checksum mismatch .*but the "
+                       rf"copy first used had .*recorded in {record}.*delete {record}$"):
+        fetch_split("multi30k", "test_2018_flickr", "en", "de", tmp_path / "cache", local)
+    record.unlink()  # the user's way to accept the new file
+    fetch_split("multi30k", "test_2018_flickr", "en", "de", tmp_path / "cache", local)
+
+
+def test_unpinned_file_offline_without_copy_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("NMT_DATA_DIR", raising=False)
+    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", _no_network)
+    with pytest.raises(DataError, match=r"^cannot download https://raw\.githubusercontent\.com/"
+                       r"multi30k/dataset/.*/test_2017_flickr\.en\.gz \(.*no network.*\)\. If "
+                       r"this machine is offline, put a copy of test_2017_flickr\.en\.gz in "
+                       r".*NMT_DATA_DIR=/path/to/data with multi30k/test_2017_flickr\.en\.gz") as e:
+        fetch_split("multi30k", "test_2017_flickr", "en", "de", tmp_path / "cache")
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "cache" / "multi30k").iterdir())
+
+
+def test_unpinned_download_is_checked_recorded_and_cached(tmp_path, monkeypatch):
+    origin = fake_multi30k_tests(tmp_path / "origin", langs=("en", "fr"))
+    served = {"test_2017_flickr.fr.gz": gzip.compress(b"falsch\n" * 999)}  # one line short
+
+    def fake_urlopen(url, timeout):
+        name = url.rsplit("/", 1)[1]
+        return io.BytesIO(served.get(name) or (origin / "multi30k" / name).read_bytes())
+
+    monkeypatch.delenv("NMT_DATA_DIR", raising=False)
+    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", fake_urlopen)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"^https://.*/test_2017_flickr\.fr\.gz: 999 lines, but "
+                       "the published file has 1000"):
+        fetch_split("multi30k", "test_2017_flickr", "en", "fr", cache)
+    assert sorted(p.name for p in (cache / "multi30k").iterdir()) == [
+        "test_2017_flickr.en.gz", "test_2017_flickr.en.gz.sha256"]  # no partial fr file
+    del served["test_2017_flickr.fr.gz"]
+    files = fetch_split("multi30k", "test_2017_flickr", "en", "fr", cache)
+    assert files.tgt == cache / "multi30k" / "test_2017_flickr.fr.gz"
+    assert files.tgt.read_bytes() == (origin / "multi30k" / "test_2017_flickr.fr.gz").read_bytes()
+    assert (cache / "multi30k" / "test_2017_flickr.fr.gz.sha256").is_file()
 
 
 # --- tokenizers ------------------------------------------------------------------------------
