@@ -3,7 +3,8 @@
 For every (checkpoint, test set) pair: the hypotheses file, and an entry in
 ``report.json`` with BLEU, chrF and TER (and lowercased BLEU), their sacrebleu
 signatures, the decoding settings, the checkpoint, wall time and sentences/s.
-Several pairs also print one comparison table.
+All pairs are printed as one comparison table, a row each. ``split=all_tests``
+means every test split of the catalog corpus that has both languages.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nmt.data.corpus import ParallelFiles, fetch_split, read_lines
+from nmt.data.corpus import ParallelFiles, fetch_split, get_catalog_corpus, read_lines
 from nmt.decoding import Decoding
 from nmt.errors import ConfigError, DataError
 from nmt.metrics import corpus_scores
@@ -24,6 +25,8 @@ from nmt.translate import as_list, resolve_device, resolve_workers, share_thread
 from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
+
+ALL_TESTS = "all_tests"
 
 
 def resolve_test_sets(cfg: Any) -> dict[str, ParallelFiles]:
@@ -36,7 +39,13 @@ def resolve_test_sets(cfg: Any) -> dict[str, ParallelFiles]:
                 raise DataError(f"{path}: file not found")
         return {Path(cfg.src).stem: ParallelFiles(Path(cfg.src), Path(cfg.ref))}
     sets = {}
-    for split in as_list(cfg.split):
+    names = split_names(cfg.split, cfg.data)
+    if cfg.data.corpus is not None:  # every name checked before anything is downloaded
+        entry = get_catalog_corpus(cfg.data.corpus)
+        for split in names:
+            entry.filename(split, cfg.data.src_lang)
+            entry.filename(split, cfg.data.tgt_lang)
+    for split in names:
         data = cfg.data
         if data.corpus is not None:
             sets[split] = fetch_split(data.corpus, split, data.src_lang, data.tgt_lang,
@@ -50,6 +59,29 @@ def resolve_test_sets(cfg: Any) -> dict[str, ParallelFiles]:
     if not sets:
         raise ConfigError("no test set: give split=... or src=... ref=...")
     return sets
+
+
+def split_names(split: Any, data: Any) -> list[str]:
+    """The split names asked for, ``all_tests`` replaced by the corpus' test splits."""
+    names = as_list(split)
+    if ALL_TESTS not in names:
+        return names
+    if data.get("corpus") is None:
+        raise ConfigError(f"split={ALL_TESTS} needs a catalog corpus (data=multi30k_*); with "
+                          "your own files name the splits, e.g. split=[valid,test]")
+    entry = get_catalog_corpus(data.corpus)
+    tests = entry.tests_with(data.src_lang, data.tgt_lang)
+    if not tests:
+        raise ConfigError(f"corpus {entry.name!r} has no test split with both "
+                          f"{data.src_lang!r} and {data.tgt_lang!r}")
+    log.info("%s: %s (the test splits of %s with %s and %s)", ALL_TESTS, ", ".join(tests),
+             entry.name, data.src_lang, data.tgt_lang)
+    expanded: list[str] = []
+    for name in names:
+        for n in (tests if name == ALL_TESTS else (name,)):
+            if n not in expanded:
+                expanded.append(n)
+    return expanded
 
 
 def safe_name(text: str) -> str:

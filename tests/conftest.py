@@ -52,6 +52,21 @@ def write_pairs(directory: Path, split: str, pairs: list[tuple[str, str]], gz: b
     return {"src": str(src), "tgt": str(tgt)}
 
 
+MULTI30K_TESTS = {"test_2017_flickr": 1000, "test_2017_mscoco": 461, "test_2018_flickr": 1071}
+
+
+def fake_multi30k_tests(local: Path, langs: tuple[str, ...] = ("en", "de")) -> Path:
+    """Gzip files named and sized like the Multi30k 2017/2018 test sets (no sha256 pinned,
+    so only their line counts are checked), toy sentences inside: ``local/multi30k/``."""
+    (local / "multi30k").mkdir(parents=True, exist_ok=True)
+    for i, (split, n) in enumerate(MULTI30K_TESTS.items()):
+        pairs = toy_pairs(n, seed=10 + i)
+        for lang in langs:
+            side = [en if lang == "en" else de for en, de in pairs]
+            write_side(local / "multi30k" / f"{split}.{lang}.gz", side, gz=True)
+    return local
+
+
 @pytest.fixture(scope="session")
 def toy_dir(tmp_path_factory) -> Path:
     """A toy corpus: train (gzipped, 600 pairs), valid (40, one empty line), test (30)."""

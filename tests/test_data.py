@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TOY_TOKENIZER, files_config, toy_pairs, write_pairs, write_side
+from conftest import (
+    MULTI30K_TESTS,
+    TOY_TOKENIZER,
+    fake_multi30k_tests,
+    files_config,
+    toy_pairs,
+    write_pairs,
+    write_side,
+)
 
 from nmt.data import corpus as corpus_mod
 from nmt.data import dataset as dataset_mod
@@ -263,21 +271,6 @@ def test_multi30k_offline_copy_matches_catalog(shared_data, tmp_path):
 
 
 # --- catalog files with no pinned checksum: published line count, then trust on first use -----
-
-MULTI30K_TESTS = {"test_2017_flickr": 1000, "test_2017_mscoco": 461, "test_2018_flickr": 1071}
-
-
-def fake_multi30k_tests(local: Path, langs: tuple[str, ...] = ("en", "de"),
-                        sizes: dict[str, int] = MULTI30K_TESTS) -> Path:
-    """Gzip files named and sized like the Multi30k 2017/2018 test sets, toy sentences inside."""
-    (local / "multi30k").mkdir(parents=True, exist_ok=True)
-    for i, (split, n) in enumerate(sizes.items()):
-        pairs = toy_pairs(n, seed=10 + i)
-        for lang in langs:
-            side = [en if lang == "en" else de for en, de in pairs]
-            write_side(local / "multi30k" / f"{split}.{lang}.gz", side, gz=True)
-    return local
-
 
 def test_multi30k_test_sets_are_in_the_catalog():
     entry = CATALOG["multi30k"]

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import files_config, toy_pairs, write_side
+from conftest import MULTI30K_TESTS, fake_multi30k_tests, files_config, toy_pairs, write_side
+from omegaconf import OmegaConf
 from train_helpers import ROOT, compose_train, toy_overrides
 
 from nmt.decoding import Decoding, load_checkpoint
 from nmt.errors import CheckpointError, ConfigError
+from nmt.evaluate import split_names
 from nmt.translate import format_translation, translate_file
 from nmt.translator import Translator, length_batches
 
@@ -341,3 +343,53 @@ def test_evaluate_several_checkpoints_and_splits(checkpoint, toy_dir, tmp_path):
              if "last.ckpt" in line and " | " in line and not line.startswith("{")]
     assert len(table) == 4 and "| valid" in table[0]
     assert report[0]["sentences"] == 40  # the empty dev line is translated (to nothing) too
+
+
+def test_evaluate_all_multi30k_test_sets_in_one_table(checkpoint, tmp_path):
+    local = fake_multi30k_tests(tmp_path / "copy")  # the 2017/2018 sets, real sizes, toy text
+    splits = list(MULTI30K_TESTS)
+    result = run_cli("evaluate.py", f"checkpoint=[{checkpoint},{checkpoint}]",
+                     "data=multi30k_en_de", f"data.local_dir={local}",
+                     f"data.root={tmp_path / 'cache'}", f"split=[{','.join(splits)}]",
+                     "decoding=greedy", f"output_dir={tmp_path / 'eval'}", "progress=false",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "checked by its line count (1071 lines, gzip, UTF-8)" in result.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert [(e["test_set"], e["sentences"]) for e in report] == [*MULTI30K_TESTS.items()] * 2
+    assert report[3]["bleu"] == report[0]["bleu"]  # the same checkpoint twice
+    table = result.stdout[result.stdout.index("checkpoint | test set"):].splitlines()
+    assert [c.strip() for c in table[0].split(" | ")][2:5] == ["BLEU", "chrF", "TER"]
+    rows = [line.split(" | ") for line in table[2:] if " | " in line]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("last.ckpt", s) for s in splits] * 2
+
+
+def test_evaluate_split_without_the_language_names_its_languages(checkpoint, tmp_path):
+    result = run_cli("evaluate.py", f"checkpoint={checkpoint}", "data=multi30k_en_cs",
+                     "split=[test_2016_flickr,test_2017_flickr]", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: corpus 'multi30k': split 'test_2017_flickr' has no language 'cs'; "
+        "its languages: en, de, fr")
+
+
+def multi30k(src: str, tgt: str):
+    return OmegaConf.create({"corpus": "multi30k", "src_lang": src, "tgt_lang": tgt})
+
+
+@pytest.mark.parametrize(("split", "data", "expected"), [
+    ("all_tests", multi30k("en", "de"),
+     ["test_2016_flickr", "test_2017_flickr", "test_2017_mscoco", "test_2018_flickr"]),
+    ("all_tests", multi30k("cs", "en"), ["test_2016_flickr", "test_2018_flickr"]),
+    (["val", "test_2018_flickr", "all_tests"], multi30k("en", "fr"),
+     ["val", "test_2018_flickr", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"]),
+    (["valid", "test"], OmegaConf.create({"corpus": None}), ["valid", "test"]),
+])
+def test_split_names(split, data, expected):
+    assert split_names(split, data) == expected
+
+
+def test_all_tests_needs_a_catalog_corpus():
+    with pytest.raises(ConfigError, match=r"split=all_tests needs a catalog corpus .*"
+                       r"split=\[valid,test\]"):
+        split_names("all_tests", OmegaConf.create({"corpus": None}))
