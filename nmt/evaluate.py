@@ -5,6 +5,8 @@ For every (checkpoint, test set) pair: the hypotheses file, and an entry in
 signatures, the decoding settings, the checkpoint, wall time and sentences/s.
 All pairs are printed as one comparison table, a row each. ``split=all_tests``
 means every test split of the catalog corpus that has both languages.
+With ``ensemble=true`` the checkpoints are one model, their ensemble
+(nmt/ensemble.py), named "a.ckpt+b.ckpt+..." in the report.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def run(cfg: Any) -> list[dict[str, Any]]:
         raise ConfigError("checkpoint is not set")
     decoding = Decoding.from_dict(dict(cfg.decoding))
     if "format" in cfg.data and not (cfg.src or cfg.ref):  # captioning data: data=shapes, ...
+        if cfg.get("ensemble", False):
+            raise ConfigError("ensemble=true: ensembles translate; captioning models are "
+                              "evaluated one by one")
         return _evaluate_captions(cfg, checkpoints, decoding)
     sets = resolve_test_sets(cfg)
     device = resolve_device(cfg.device)
@@ -102,11 +107,15 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     report = []
     share_threads(workers)
-    for ckpt in checkpoints:
-        translator = Translator.from_checkpoint(ckpt, device, cfg.max_src_len, workers)
+    # Each model is one checkpoint, or (ensemble=true) the ensemble of all of them.
+    models = [checkpoints] if cfg.get("ensemble", False) else [[c] for c in checkpoints]
+    for members in models:
+        translator = Translator.from_checkpoint(members, device, cfg.max_src_len, workers)
+        ckpt = "+".join(members)
+        stem = "+".join(Path(m).stem for m in members)
         for name, files in sets.items():
             refs = list(read_lines(files.tgt, allow_empty=True))
-            hyp_path = out_dir / f"{safe_name(Path(ckpt).stem)}.{safe_name(name)}.hyp"
+            hyp_path = out_dir / f"{safe_name(stem)}.{safe_name(name)}.hyp"
             start = time.perf_counter()
             n = translate_file(translator, str(files.src), str(hyp_path), decoding,
                                cfg.batch_tokens, cfg.chunk_size, cfg.progress)

@@ -1,5 +1,5 @@
 """Decoding: greedy search and ancestral sampling, as pure functions, and what they share
-with batched beam search (nmt/beam.py).
+with batched beam search (nmt/beam.py); and the scores of given targets (``score_targets``).
 
 They drive any model with the step interface ``SearchModel`` below (nmt.model.Seq2Seq
 has it; so could an ensemble or an exported model), one target position per call, rows
@@ -199,3 +199,28 @@ def _decode_stepwise(model: SearchModel, src: torch.Tensor, src_lengths: torch.T
             attention = attn_out[i, : lengths_l[i] + 1, : src_lens[i]].clone()
         hyps.append([Hypothesis(tokens[i][: lengths_l[i]], scores_l[i], attention)])
     return hyps
+
+
+# -- scoring given targets -----------------------------------------------------------------
+
+
+def score_targets(model: SearchModel, src: torch.Tensor, src_lengths: torch.Tensor,
+                  targets: torch.Tensor) -> torch.Tensor:
+    """(B,) summed log-probabilities of given targets (B, T): ids ending in EOS,
+    right-padded with PAD. Summed as the searches sum them (the model's log_softmax at
+    every position, EOS included, in order), so for a search's own output this is the
+    score it reported before any length penalty."""
+    batch, device = src.size(0), src.device
+    with torch.inference_mode():
+        enc = model.encode(src, src_lengths)
+        state = model.init_state(enc)
+        prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (B,)
+        total = torch.zeros(batch, device=device)  # (B,)
+        for t in range(targets.size(1)):
+            logits, state, _ = model.step(prev, state, enc)  # (B, V)
+            lprobs = F.log_softmax(logits.float(), dim=-1)  # (B, V)
+            tokens = targets[:, t]  # (B,)
+            picked = lprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
+            total += picked.masked_fill(tokens == PAD_ID, 0.0)
+            prev = tokens
+    return total.clone()

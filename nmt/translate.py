@@ -4,17 +4,22 @@ Output goes to a temporary file beside the target, renamed when complete, so an
 interrupted run never leaves a half-written file. With ``decoding.n_best`` > 1
 the output is in Moses n-best format, ``n_best`` lines per input line:
 ``<0-based line> ||| <translation> ||| <score>``.
+
+``mode=score`` reads a reference file beside each input and writes, per line pair, the
+model's log-probability of the reference (see ``score_file``); a list of checkpoints
+translates or scores with their ensemble (nmt/ensemble.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -25,6 +30,7 @@ from nmt.errors import ConfigError, DataError
 from nmt.translator import Translation, Translator
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_device(device: str) -> str:
@@ -133,17 +139,69 @@ def translate_file(translator: Translator, inp: str, out: str, decoding: Decodin
     return n
 
 
+def score_file(translator: Translator, inp: str, ref: str, out: str, alpha: float,
+               batch_tokens: int, chunk_size: int, progress: bool = True) -> int:
+    """Score every (input line, reference line) pair into ``out``, one line per pair:
+    ``<summed log-prob>\t<log-prob / length penalty (alpha)>\t<target pieces + EOS>``.
+    The second column is beam search's score for that output; return the pairs."""
+    n = 0
+    pairs = zip_lines(input_lines(inp), input_lines(ref), inp, ref)
+    bar = tqdm(desc=f"scoring {inp}", unit=" pairs", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    with atomic_output(out) as f:
+        for chunk in chunks(pairs, chunk_size):
+            srcs, tgts = zip(*chunk, strict=True)
+            for score in translator.score(list(srcs), list(tgts), batch_tokens=batch_tokens):
+                f.write(f"{score.total:.4f}\t{score.normalized(alpha):.4f}\t{score.length}\n")
+            n += len(chunk)
+            bar.update(len(chunk))
+    bar.close()
+    return n
+
+
+def zip_lines(a: Iterator[str], b: Iterator[str], a_name: str, b_name: str
+              ) -> Iterator[tuple[str, str]]:
+    """Pairs of lines; a DataError with both counts when one file is longer."""
+    n = 0
+    for n, pair in enumerate(itertools.zip_longest(a, b), start=1):
+        if pair[0] is None or pair[1] is None:
+            rest = n + sum(1 for _ in (b if pair[0] is None else a))
+            counts = (n - 1, rest) if pair[0] is None else (rest, n - 1)
+            raise DataError(f"{a_name} has {counts[0]} lines but {b_name} has {counts[1]}; "
+                            "line N of one must be paired with line N of the other")
+        yield pair[0], pair[1]
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+MODES = ("translate", "score")
+
+
 def run(cfg: Any) -> dict[str, int]:
-    """Translate every input of the config; return lines translated per input."""
+    """Translate (or, with mode=score, score against references) every input of the
+    config; return lines done per input."""
     inputs, outputs = as_list(cfg.input), as_list(cfg.output)
+    mode = cfg.get("mode", "translate")
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode}: valid choices: {', '.join(MODES)}")
+    references = as_list(cfg.get("reference"))
+    if mode == "score" and len(references) != len(inputs):
+        raise ConfigError(f"mode=score needs one reference file per input: {len(inputs)} "
+                          f"input(s), {len(references)} reference(s) (reference=tgt.txt)")
+    if mode == "translate" and references:
+        raise ConfigError("reference= is for mode=score; translation reads only the input")
     if not inputs:
         raise ConfigError("input is not set: give a file, a list of files, or - for stdin")
     if len(outputs) != len(inputs):
         raise ConfigError(f"{len(inputs)} input(s) but {len(outputs)} output(s): give one "
                           "output per input (output=[a.out,b.out])")
-    if inputs.count("-") > 1 or outputs.count("-") > 1:
+    if (inputs + references).count("-") > 1 or outputs.count("-") > 1:
         raise ConfigError("stdin and stdout can be used once each")
-    for inp in inputs:
+    for inp in inputs + references:
         if inp != "-" and not Path(inp).is_file():
             raise DataError(f"{inp}: input file not found")
     decoding = Decoding.from_dict(dict(cfg.decoding))
@@ -152,6 +210,12 @@ def run(cfg: Any) -> dict[str, int]:
     share_threads(workers)
     translator = Translator.from_checkpoint(cfg.checkpoint, device, cfg.max_src_len, workers)
     counts = {}
+    if mode == "score":
+        for inp, ref, out in zip(inputs, references, outputs, strict=True):
+            counts[inp] = score_file(translator, inp, ref, out, decoding.alpha,
+                                     cfg.batch_tokens, cfg.chunk_size, cfg.progress)
+            log.info("%s + %s -> %s: %d pairs scored", inp, ref, out, counts[inp])
+        return counts
     for inp, out in zip(inputs, outputs, strict=True):
         counts[inp] = translate_file(translator, inp, out, decoding, cfg.batch_tokens,
                                      cfg.chunk_size, cfg.progress, cfg.attention_plots,

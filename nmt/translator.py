@@ -4,6 +4,8 @@
     translator.translate_text(["A dog runs.", ""])      # -> ["Ein Hund rennt.", ""]
     [tr] = translator.translate(["A dog runs."], Decoding(beam_size=5, n_best=2))
     tr.text, [(h.text, h.score) for h in tr.hypotheses]
+    Translator.from_checkpoint(["a.ckpt", "b.ckpt"])     # an ensemble (nmt/ensemble.py)
+    [s] = translator.score(["A dog runs."], ["Ein Hund rennt."])   # s.total, s.normalized(0.6)
 
 Sentences are encoded, cut to ``max_src_len`` pieces, sorted by length into
 token-budget batches, decoded with greedy, beam or sampling search
@@ -24,7 +26,7 @@ the results are those of one batch at a time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -34,9 +36,10 @@ import torch
 
 from nmt.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
+from nmt.ensemble import Ensemble, check_compatible
 from nmt.errors import CheckpointError, ConfigError, TokenizerError
 from nmt.model import Seq2Seq, model_from_checkpoint
-from nmt.search import Hypothesis
+from nmt.search import Hypothesis, length_penalty, score_targets
 
 DEFAULT_MAX_SRC_LEN = 250
 DEFAULT_BATCH_TOKENS = 10000
@@ -52,6 +55,18 @@ class Candidate:
     score: float  # as the search reports it (nmt/search.py); 0.0 for an empty input
     tokens: list[int]  # target piece ids, without BOS and EOS
     attention: torch.Tensor | None = None  # (len(tokens) + 1, source pieces + EOS) on request
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """The model's log-probability of a given target."""
+
+    total: float  # summed over the target's pieces and the EOS
+    length: int  # the target's pieces + EOS
+
+    def normalized(self, alpha: float) -> float:
+        """``total`` / GNMT length penalty: beam search's score for this output."""
+        return self.total / length_penalty(self.length, alpha)
 
 
 @dataclass(frozen=True)
@@ -76,9 +91,9 @@ class Translation:
 class Translator:
     """A model and its tokenizers, ready to translate text."""
 
-    def __init__(self, model: Seq2Seq, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
-                 device: str | torch.device = "cpu", max_src_len: int = DEFAULT_MAX_SRC_LEN,
-                 workers: int = 1) -> None:
+    def __init__(self, model: Seq2Seq | Ensemble, src_tokenizer: Tokenizer,
+                 tgt_tokenizer: Tokenizer, device: str | torch.device = "cpu",
+                 max_src_len: int = DEFAULT_MAX_SRC_LEN, workers: int = 1) -> None:
         """``max_src_len``: source pieces kept per input, EOS not counted; longer inputs
         are cut and flagged ``truncated``. ``workers``: batches decoded at once on the
         CPU (see the module docstring); a GPU decodes one batch at a time."""
@@ -95,20 +110,30 @@ class Translator:
         self.workers = workers if self.device.type == "cpu" else 1
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+    def from_checkpoint(cls, path: str | os.PathLike | Sequence[str | os.PathLike],
+                        device: str | torch.device = "cpu",
                         max_src_len: int = DEFAULT_MAX_SRC_LEN, workers: int = 1
                         ) -> Translator:
-        ckpt = load_checkpoint(path, "cpu")
-        model = model_from_checkpoint(ckpt, str(path))  # CheckpointError naming the file
-        if not ckpt["tokenizers"].get("src"):
-            raise CheckpointError(f"{path}: an image captioning model, not a translation "
-                                  "model; use caption.py")
+        """One checkpoint, or a list of them: an ensemble (nmt/ensemble.py), whose
+        members must share both vocabularies. A list of one is the single model."""
+        paths = [str(path)] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
+        if not paths:
+            raise ConfigError("checkpoint: an empty list; give one checkpoint or several")
+        ckpts = [load_checkpoint(p, "cpu") for p in paths]
+        for ckpt, p in zip(ckpts, paths, strict=True):
+            if not ckpt["tokenizers"].get("src"):
+                raise CheckpointError(f"{p}: an image captioning model, not a translation "
+                                      "model; use caption.py")
+        check_compatible(ckpts, paths)
+        # CheckpointError naming the file that does not fit
+        models = [model_from_checkpoint(c, p) for c, p in zip(ckpts, paths, strict=True)]
         try:
-            src = Tokenizer(ckpt["tokenizers"]["src"])
-            tgt = Tokenizer(ckpt["tokenizers"]["tgt"])
+            src = Tokenizer(ckpts[0]["tokenizers"]["src"])
+            tgt = Tokenizer(ckpts[0]["tokenizers"]["tgt"])
         except (KeyError, TypeError, ValueError, RuntimeError, TokenizerError) as e:
-            raise CheckpointError(f"{path}: the checkpoint does not fit this toolkit's "
+            raise CheckpointError(f"{paths[0]}: the checkpoint does not fit this toolkit's "
                                   f"model ({str(e).splitlines()[0]})") from None
+        model = models[0] if len(models) == 1 else Ensemble(models)
         return cls(model, src, tgt, device, max_src_len, workers)
 
     # -- translation ---------------------------------------------------------------------
@@ -166,6 +191,35 @@ class Translator:
         if chunk:
             yield from self.translate(chunk, decoding, batch_tokens=batch_tokens,
                                       attention=done < attention_first)
+
+    # -- scoring -------------------------------------------------------------------------
+
+    def score(self, sources: list[str], targets: list[str], *,
+              batch_tokens: int = DEFAULT_BATCH_TOKENS) -> list[PairScore]:
+        """The model's log-probability of each target given its source, in input order
+        (sources cut to ``max_src_len`` pieces as for translation; targets whole)."""
+        if len(sources) != len(targets):
+            raise ConfigError(f"{len(sources)} sources but {len(targets)} targets")
+        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise ConfigError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+        src_ids = [seq[: self.max_src_len] for seq in self.src_tokenizer.encode(sources)]
+        tgt_ids = self.tgt_tokenizer.encode(targets)
+        lengths = np.fromiter((max(len(s), len(t)) + 1
+                               for s, t in zip(src_ids, tgt_ids, strict=True)),
+                              dtype=np.int64, count=len(src_ids))
+        totals = [0.0] * len(sources)
+
+        def run(batch: np.ndarray) -> tuple[np.ndarray, list[float]]:
+            src, src_lengths = pad_sources([src_ids[j] for j in batch], self.device)
+            tgt, _ = pad_sources([tgt_ids[j] for j in batch], self.device)  # ids + EOS
+            return batch, score_targets(self.model, src, src_lengths, tgt).tolist()
+
+        batches = length_batches(lengths, batch_tokens)
+        for batch, found in _run_parallel(run, batches, self.workers,
+                                          cost=lambda b: len(b) * int(lengths[b].max())):
+            for j, total in zip(batch, found, strict=True):
+                totals[j] = total
+        return [PairScore(total, len(t) + 1) for total, t in zip(totals, tgt_ids, strict=True)]
 
     def _decode(self, ids: list[list[int]], decoding: Decoding, attention: bool,
                 batch_tokens: int) -> list[list[Hypothesis]]:
