@@ -102,6 +102,10 @@ def resolve_ckpt_path(ckpt_path: str | None, name: str, run_dir: str | None) -> 
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     ckpt = load_checkpoint(ckpt_path)  # a truncated or foreign file: CheckpointError
+    if "averaged_from" in ckpt:
+        raise CheckpointError(f"{ckpt_path}: an average of {len(ckpt['averaged_from'])} "
+                              "checkpoints (average.py) holds weights only and cannot be "
+                              "resumed")
     if "loops" not in ckpt:
         raise CheckpointError(f"{ckpt_path}: holds weights only (no training state) and "
                               "cannot be resumed")
