@@ -8,7 +8,10 @@ and preemption (SIGTERM, SIGINT) that saves before it stops.
   ``every_n_minutes`` of training and every ``every_n_train_steps`` steps, and when
   a SIGTERM or SIGINT arrives (then training stops with ``Preempted``). Each
   checkpoint also carries the random number generators' states, so that a resumed
-  run draws the same dropout masks as one that never stopped.
+  run draws the same dropout masks as one that never stopped. It is a Lightning
+  ``Checkpoint``: Lightning runs those after every other callback, in the order given,
+  so placed after the ModelCheckpoints it saves the epoch's files in their state
+  (a resumed run then keeps, and deletes, the right ones).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nmt.errors import CheckpointError
@@ -31,6 +35,11 @@ from nmt.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
+# The names of the other checkpoints in checkpoints/ (ModelCheckpoint templates; no "=" in
+# them, for Hydra overrides), and the patterns that find them again (nmt/average.py).
+BEST = "best-epoch{epoch:02d}-step{step}"  # callbacks.keep_best, by callbacks.monitor
+RECENT = "epoch{epoch:02d}-step{step}"  # callbacks.keep_last, the newest
+BEST_GLOB, RECENT_GLOB = "best-*.ckpt", "epoch*.ckpt"
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -106,8 +115,11 @@ def _as_tuples(value: Any) -> Any:
 # -- the callback --------------------------------------------------------------------------
 
 
-class ResumableCheckpoint(L.Callback):
+class ResumableCheckpoint(Checkpoint):
     """Keeps ``dirpath/last.ckpt`` resumable and recent; saves and stops on SIGTERM/SIGINT.
+
+    Put it after the ModelCheckpoints: Lightning runs checkpoint callbacks last, in the
+    order given, and this one's epoch-end save must carry their updated states.
 
     Saves at every epoch end, every ``every_n_minutes`` of training (None: never by
     time) and every ``every_n_train_steps`` steps (None: never by steps). Under DDP the

@@ -1,7 +1,7 @@
 """Command-line entry points: compose a Hydra config, call one function, report user errors.
 
-The root scripts (train.py, translate.py, evaluate.py) and the console scripts in
-pyproject.toml all land here.
+The root scripts (train.py, translate.py, evaluate.py, caption.py, average.py) and the
+console scripts in pyproject.toml all land here.
 """
 
 from __future__ import annotations
@@ -132,6 +132,17 @@ def caption(cfg: DictConfig) -> dict[str, int]:
     return run(cfg)
 
 
+@report_errors
+def average(cfg: DictConfig) -> dict[str, Any]:
+    """Average the weights of checkpoints into one (conf/average.yaml); print a JSON summary."""
+    _log_to_stderr()
+    from nmt.average import run
+
+    summary = run(cfg)
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
 def caption_main() -> None:
     run_hydra("caption", caption)
 
@@ -148,9 +159,13 @@ def prepare_main() -> None:
     run_hydra("prepare", prepare)
 
 
+def average_main() -> None:
+    run_hydra("average", average)
+
+
 if __name__ == "__main__":
     commands = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
-                "evaluate": evaluate_main, "caption": caption_main}
+                "evaluate": evaluate_main, "caption": caption_main, "average": average_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
     name = sys.argv.pop(1)

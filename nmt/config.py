@@ -90,7 +90,8 @@ class LossConfig:
 class CallbacksConfig:
     monitor: str = "val/bleu"
     early_stopping_patience: int | None = 8
-    save_top_k: int = 1
+    keep_best: int = 1
+    keep_last: int = 0
     every_n_minutes: float | None = 10.0
     every_n_train_steps: int | None = None
     slurm_auto_requeue: bool = True

@@ -17,6 +17,10 @@ from sacrebleu.metrics.base import Metric
 log = logging.getLogger(__name__)
 
 METRICS = ("bleu", "chrf", "ter", "bleu_lc")
+# What training can monitor (callbacks.monitor), and which way is better: picks the best
+# checkpoints, early stopping, the plateau scheduler and average.py best=N.
+MONITORS = {"val/bleu": "max", "val/chrf": "max", "val/bleu_lc": "max", "val/loss": "min",
+            "val/ppl": "min", "val/cider": "max", "val/bleu4": "max", "val/rouge_l": "max"}
 
 
 def _metric(name: str) -> Metric:

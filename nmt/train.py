@@ -29,14 +29,14 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.callbacks import PreciseBatchNorm, Throughput
-from nmt.checkpointing import LAST, AtomicCheckpointIO, ResumableCheckpoint
+from nmt.checkpointing import BEST, LAST, RECENT, AtomicCheckpointIO, ResumableCheckpoint
 from nmt.config import TASKS
 from nmt.data.captioning import ImageSettings
 from nmt.data.datamodule import CaptionDataModule, NMTDataModule
 from nmt.decoding import load_checkpoint
 from nmt.errors import CheckpointError, ConfigError
 from nmt.loggers import ContinuedCSVLogger, read_rows
-from nmt.metrics import caption_scores, signatures
+from nmt.metrics import MONITORS, caption_scores, signatures
 from nmt.model.image_encoder import ImageEncoder
 from nmt.module import EVAL_METRICS, TranslationModule
 from nmt.optim import check_optim, follows_metric
@@ -78,10 +78,6 @@ def check_trainer(trainer_cfg: dict[str, Any]) -> None:
                           "or the run directory instead")
 
 
-MONITORS = {"val/bleu": "max", "val/chrf": "max", "val/bleu_lc": "max", "val/loss": "min",
-            "val/ppl": "min", "val/cider": "max", "val/bleu4": "max", "val/rouge_l": "max"}
-
-
 @dataclass(frozen=True)
 class Resume:
     """A checkpoint to resume from, checked to be readable before anything else runs."""
@@ -106,6 +102,10 @@ def resolve_ckpt_path(ckpt_path: str | None, name: str, run_dir: str | None) -> 
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     ckpt = load_checkpoint(ckpt_path)  # a truncated or foreign file: CheckpointError
+    if "averaged_from" in ckpt:
+        raise CheckpointError(f"{ckpt_path}: an average of {len(ckpt['averaged_from'])} "
+                              "checkpoints (average.py) holds weights only and cannot be "
+                              "resumed")
     if "loops" not in ckpt:
         raise CheckpointError(f"{ckpt_path}: holds weights only (no training state) and "
                               "cannot be resumed")
@@ -234,24 +234,26 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
     if cb.monitor not in MONITORS:
         raise ConfigError(f"callbacks.monitor: unknown metric {cb.monitor!r}; valid choices: "
                           f"{', '.join(MONITORS)}")
+    for name in ("keep_best", "keep_last"):
+        if cb[name] < -1:
+            raise ConfigError(f"callbacks.{name} must be >= 0 (0: none) or -1 (all), "
+                              f"got {cb[name]}")
     try:
         last = ResumableCheckpoint(run_dir / "checkpoints", cb.every_n_minutes,
                                    cb.every_n_train_steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    callbacks: list[L.Callback] = [last, LearningRateMonitor(logging_interval="step"),
-                                   Throughput()]
+    callbacks: list[L.Callback] = [LearningRateMonitor(logging_interval="step"), Throughput()]
     if cfg.task == "caption":  # a CNN's BatchNorm statistics, recomputed for validation
         callbacks.append(PreciseBatchNorm())
     module.monitor = (cb.monitor, MONITORS[cb.monitor])
     if validation_runs(trainer_cfg):
         log.info("best checkpoint%s: by %s (%s)", "" if cb.early_stopping_patience is None
                  else " and early stopping", cb.monitor, MONITORS[cb.monitor])
-        # Before last: trainer.checkpoint_callback is the first ModelCheckpoint.
+        # First: trainer.checkpoint_callback is the first ModelCheckpoint.
         callbacks.insert(0, ModelCheckpoint(
             dirpath=run_dir / "checkpoints", monitor=cb.monitor, mode=MONITORS[cb.monitor],
-            save_top_k=cb.save_top_k, filename="best-epoch{epoch:02d}-step{step}",
-            auto_insert_metric_name=False))  # no "=" in names: Hydra overrides
+            save_top_k=cb.keep_best, filename=BEST, auto_insert_metric_name=False))
         if cb.early_stopping_patience is not None:
             callbacks.append(EarlyStopping(monitor=cb.monitor, mode=MONITORS[cb.monitor],
                                            patience=cb.early_stopping_patience, strict=False))
@@ -262,6 +264,10 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
                               "optim.scheduler=null")
         log.info("validation is off: no best checkpoint and no early stopping; "
                  "checkpoints/last.ckpt is kept")
+    if cb.keep_last:  # the newest by step: at every validation, or epoch end without one
+        callbacks.append(ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", monitor="step", mode="max",
+            save_top_k=cb.keep_last, filename=RECENT, auto_insert_metric_name=False))
     if trainer_cfg.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     for name, spec in (cb.get("extra") or {}).items():
@@ -269,7 +275,8 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
             callbacks.append(instantiate(spec))
         except InstantiationException as e:
             raise ConfigError(f"callbacks.extra.{name}: {str(e).splitlines()[0]}") from None
-    return callbacks
+    # After every ModelCheckpoint: last.ckpt then holds their states after the epoch's saves.
+    return [*callbacks, last]
 
 
 def plugins(cfg: DictConfig) -> list[Any]:
@@ -301,9 +308,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    # The first ModelCheckpoint (make_callbacks puts ours first), None without validation.
+    # The first ModelCheckpoint (make_callbacks puts ours first); without validation there
+    # is none, or that of callbacks.keep_last, which follows the step.
     best_cb = trainer.checkpoint_callback
-    best = best_cb.best_model_path if isinstance(best_cb, ModelCheckpoint) else ""
+    best = (best_cb.best_model_path if isinstance(best_cb, ModelCheckpoint)
+            and best_cb.monitor == cfg.callbacks.monitor else "")
     scored = best or str(run_dir / "checkpoints" / LAST)
     if cfg.test_after_training and dm.has_split("test") and Path(scored).is_file():
         for result in trainer.test(module, datamodule=dm, ckpt_path=scored, verbose=False):

@@ -172,14 +172,20 @@ def test_no_validation_keeps_last_and_refuses_plateau(toy_cfg, tmp_path):
             "+trainer.limit_val_batches=0"]
     with pytest.raises(ConfigError, match="plateau follows a validation metric"):
         build(compose_train(base), tmp_path / "run")
-    metrics = train(compose_train([*base, "optim.scheduler=null"]))
+    metrics = train(compose_train([*base, "optim.scheduler=null", "callbacks.keep_last=1"]))
     assert "test/bleu" in metrics  # scored with last.ckpt, since there is no best
-    assert not list((tmp_path / "run" / "checkpoints").glob("best-*"))
+    run = tmp_path / "run"
+    assert not list((run / "checkpoints").glob("best-*"))
+    assert json.loads((run / "metrics.json").read_text())["best_checkpoint"] == ""
+    assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 1  # keep_last without validation
+    assert not [p for p in run.rglob("*.ckpt") if "=" in p.name]  # no Lightning default one
 
 
 @pytest.mark.parametrize(("override", "match"), [
     ("callbacks.monitor=val/acc", r"callbacks.monitor: unknown metric 'val/acc'; valid"),
     ("callbacks.every_n_minutes=0", "every_n_minutes must be positive or null"),
+    ("callbacks.keep_last=-2", r"callbacks.keep_last must be >= 0 \(0: none\) or -1 \(all\), "
+                               "got -2"),
     ("+callbacks.extra.x._target_=no.such.Callback", "callbacks.extra.x: "),
 ])
 def test_bad_callback_settings(toy_cfg, tmp_path, override, match):
