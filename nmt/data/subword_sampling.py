@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 SPACE = "\u2581"  # "▁": SentencePiece's word boundary in normalized text
 WORD_START = re.compile(f"(?={SPACE})")
 UNK_PENALTY = 10.0  # SentencePiece scores an unknown character min_score - 10
-WORD_CACHE = 1 << 20  # words whose sampling tables are kept (the lattice is per word)
+# Words whose sampling tables are kept, about 3 KB each (Multi30k en-de has 39k words):
+# the frequent words of a larger corpus; the others are computed again when drawn.
+WORD_CACHE = 100_000
 
 # One word's sampling tables: for each end position, the begin positions and ids of the
 # pieces ending there, and their cumulative weights as the last piece of a path to there.
