@@ -307,3 +307,24 @@ def test_resumed_training_sees_the_same_segmentation(toy_dir, tmp_path, one_thre
     steps, resumed = run("part", "ckpt_path=last")
     assert [epoch for epoch, _, _ in steps] == [1] * 4  # resumed in the second epoch (14 steps)
     assert len(full) == 20 and resumed == full[16:]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_segment_alike(toy_dir, tmp_path):
+    """Two processes (gloo on CPU) pack the same sampled epoch: their batches cover every
+    example exactly once."""
+    cfg = files_config(toy_dir, tmp_path / "cache")
+    out = tmp_path / "ranks"
+    out.mkdir()
+    args = [*toy_overrides(cfg, tmp_path / "run"), "tokenizer.sampling.enabled=true",
+            "batching.max_tokens=3000", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.strategy=ddp", "trainer.max_epochs=1", "+trainer.limit_val_batches=0",
+            "optim.scheduler=null"]
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "train_helpers.py"), str(out),
+                             *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    seen = [[i for _, _, idx in r["steps"] for i in idx] for r in ranks]
+    assert len(ranks[0]["steps"]) == len(ranks[1]["steps"])
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(600))
