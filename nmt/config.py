@@ -38,15 +38,21 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def _open_copy(cls: type, name: str, **types: Any) -> type:
     """A plain (mutable, unvalidated) dataclass with the fields, types and defaults of
     ``cls`` (a field without a default is "???", to be given); ``types`` replaces the
-    type of some fields where OmegaConf needs a looser one."""
+    type of some fields where OmegaConf needs a looser one. A nested dataclass (a
+    field whose default is built by a dataclass) is opened too."""
     hints = {**typing.get_type_hints(cls), **types}
     fields = []
     for f in dataclasses.fields(cls):
+        kind = hints[f.name]
         default: dict[str, Any] = (
             {"default": f.default} if f.default is not dataclasses.MISSING
             else {"default_factory": f.default_factory}
             if f.default_factory is not dataclasses.MISSING else {"default": MISSING})
-        fields.append((f.name, hints[f.name], field(**default)))
+        nested = default.get("default_factory")
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            kind = _open_copy(nested, nested.__name__)  # a frozen one would be read-only
+            default = {"default_factory": kind}
+        fields.append((f.name, kind, field(**default)))
     return dataclasses.make_dataclass(name, fields)
 
 

@@ -125,3 +125,23 @@ def test_sampler_errors(kwargs, match):
     args = {"max_tokens": 100, **kwargs}
     with pytest.raises(ConfigError, match=match):
         TokenBatchSampler(np.ones(4, int), np.ones(4, int), **args)
+
+
+def test_lengths_that_change_every_epoch(lengths):
+    """epoch_lengths (subword sampling): each epoch packed by its own lengths, asked for
+    when set_epoch is called (before a DataLoader starts its workers)."""
+    src, tgt = lengths
+    asked = []
+
+    def epoch_lengths(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        asked.append(epoch)
+        return src + epoch, tgt + 2 * epoch
+
+    sampler = TokenBatchSampler(src, tgt, max_tokens=2000, epoch_lengths=epoch_lengths)
+    for epoch in (0, 1, 5):
+        sampler.set_epoch(epoch)
+        assert asked[-1] == epoch
+        for b in sampler:
+            cost = batch_cost(len(b), int(src[b].max()) + epoch, int(tgt[b].max()) + 2 * epoch)
+            assert cost <= 2000 or len(b) == 1
+    assert asked == [0, 1, 5]  # once per epoch

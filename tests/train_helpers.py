@@ -65,7 +65,8 @@ class Crash(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-def fit_recorded(cfg, crash_at: int | None = None) -> tuple[IndexRecorder, L.Trainer]:
+def fit_recorded(cfg, crash_at: int | None = None, callbacks: list[L.Callback] | None = None
+                 ) -> tuple[IndexRecorder, L.Trainer]:
     from nmt.train import build, resolve_ckpt_path, run_dir_of
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -73,7 +74,7 @@ def fit_recorded(cfg, crash_at: int | None = None) -> tuple[IndexRecorder, L.Tra
     resume = resolve_ckpt_path(cfg.ckpt_path, cfg.name, cfg.run_dir)
     dm, module, trainer = build(cfg, run_dir, resume)
     recorder = IndexRecorder()
-    trainer.callbacks.append(recorder)
+    trainer.callbacks.extend([recorder, *(callbacks or [])])
     if crash_at is not None:
         trainer.callbacks.append(Crash(crash_at))
     trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)

@@ -24,6 +24,7 @@ from nmt.data.corpus import read_lines
 from nmt.data.dataset import Batch, ParallelDataset, collate
 from nmt.data.prepare import DataConfig, PreparedData, from_dict, prepare
 from nmt.data.sampler import TokenBatchSampler
+from nmt.data.subword_sampling import SampledDataset
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig
 from nmt.errors import ConfigError
 
@@ -62,6 +63,7 @@ class NMTDataModule(L.LightningDataModule):
         self.seed = seed
         self._train_sampler: TokenBatchSampler | None = None
         self._resume_state: dict[str, int] | None = None
+        self._sampled: SampledDataset | None = None
 
     def references(self, split: str) -> list[str]:
         """The raw target lines of a split (dev/test are never filtered, so line i is example i)."""
@@ -96,14 +98,17 @@ class NMTDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset: ParallelDataset | CaptionDataset, sampler: TokenBatchSampler
-                ) -> DataLoader:
+    def _loader(self, dataset: ParallelDataset | CaptionDataset | SampledDataset,
+                sampler: TokenBatchSampler) -> DataLoader:
         # Its own generator: a DataLoader otherwise draws its workers' base seed from the
         # global RNG each time it is iterated, and a run resumed at an epoch boundary
         # would then draw different dropout masks than one that never stopped.
+        # Workers copy the dataset when they start: persistent ones would keep serving
+        # the first epoch's segmentation of a SampledDataset.
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate_fn,
                           num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
+                          persistent_workers=(self.num_workers > 0
+                                              and not isinstance(dataset, SampledDataset)),
                           generator=torch.Generator().manual_seed(self.seed))
 
     def collate_fn(self, examples: list[Any]) -> Batch:
@@ -122,11 +127,27 @@ class NMTDataModule(L.LightningDataModule):
             raise ConfigError(f"data: no {split} split configured")
         return self.prepared.datasets[split]
 
-    def train_sampler(self) -> TokenBatchSampler:
+    def train_dataset(self) -> ParallelDataset | CaptionDataset | SampledDataset:
+        """The training examples; with ``tokenizer.sampling``, segmented anew every epoch
+        (nmt.data.subword_sampling)."""
         ds = self.dataset("train")
+        if not self.tokenizer_cfg.sampling.enabled:
+            return ds
+        if self._sampled is None:
+            assert self.prepared is not None and isinstance(ds, ParallelDataset)
+            self._sampled = SampledDataset(ds, self.prepared.files["train"],
+                                           self.prepared.src_tokenizer,
+                                           self.prepared.tgt_tokenizer,
+                                           self.tokenizer_cfg.sampling, self.seed)
+        return self._sampled
+
+    def train_sampler(self) -> TokenBatchSampler:
+        ds = self.train_dataset()
         world, rank = self._world()
-        sampler = TokenBatchSampler(ds.src_lengths + 1, ds.tgt_lengths + 1, self.max_tokens,
-                                    shuffle=True, seed=self.seed, num_replicas=world, rank=rank)
+        sampler = TokenBatchSampler(
+            ds.src_lengths + 1, ds.tgt_lengths + 1, self.max_tokens, shuffle=True,
+            seed=self.seed, num_replicas=world, rank=rank,
+            epoch_lengths=ds.row_lengths if isinstance(ds, SampledDataset) else None)
         if self._resume_state is not None:
             sampler.load_state_dict(self._resume_state)
             self._resume_state = None
@@ -134,7 +155,12 @@ class NMTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._train_sampler = self.train_sampler()
-        return self._loader(self.dataset("train"), self._train_sampler)
+        ds = self.train_dataset()
+        if isinstance(ds, SampledDataset):
+            # The epoch to start with (0, or a resumed one), segmented before the loader
+            # starts its workers; set_epoch does the same for the epochs after it.
+            self._train_sampler.batches()
+        return self._loader(ds, self._train_sampler)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Sorted by length, not shuffled; batches carry ``indices`` to restore order."""
@@ -168,6 +194,9 @@ class CaptionDataModule(NMTDataModule):
         self.caption_cfg = from_dict(CaptionDataConfig, data, "data")
         self.caption_cfg.check()
         self.tokenizer_cfg = from_dict(TokenizerConfig, tokenizer, "tokenizer")
+        if self.tokenizer_cfg.sampling.enabled:
+            raise ConfigError("tokenizer.sampling: captioning trains on the captions' fixed "
+                              "segmentation; set tokenizer.sampling.enabled=false")
         self._batching(max_tokens, eval_max_tokens, num_workers, seed)
         self.image = image
         self.collate = CaptionCollate(image, cells)

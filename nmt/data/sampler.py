@@ -9,11 +9,14 @@ With ``num_replicas`` > 1 (DDP) every rank builds the same batch list, rank r
 takes batches r, r + R, r + 2R, ...; the list is first made a multiple of R long
 by splitting the largest batches, so every example is used exactly once per
 epoch and every rank runs the same number of steps.
+
+With ``epoch_lengths`` the lengths change from epoch to epoch (subword sampling
+segments the training sentences anew): each epoch is packed by its own lengths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -30,11 +33,16 @@ class TokenBatchSampler(Sampler[list[int]]):
     """Yields lists of example indices; see the module docstring.
 
     Lengths are those of the padded tensors' rows (EOS/BOS included).
+    ``epoch_lengths(epoch)``, if given, returns an epoch's (source, target) lengths,
+    which then replace ``src_lengths`` and ``tgt_lengths``; it is called when that
+    epoch's batches are built, and at once by ``set_epoch``.
     """
 
     def __init__(self, src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int,
                  shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 max_sentences: int | None = None) -> None:
+                 max_sentences: int | None = None,
+                 epoch_lengths: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
+                 ) -> None:
         if max_tokens <= 0:
             raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
         if not 0 <= rank < num_replicas:
@@ -49,6 +57,7 @@ class TokenBatchSampler(Sampler[list[int]]):
             )
         self.max_tokens = max_tokens
         self.max_sentences = max_sentences
+        self.epoch_lengths = epoch_lengths
         self.shuffle = shuffle
         self.seed = seed
         self.num_replicas = num_replicas
@@ -64,6 +73,11 @@ class TokenBatchSampler(Sampler[list[int]]):
         epoch = self.epoch if epoch is None else epoch
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
+        if self.epoch_lengths is not None:
+            src, tgt = self.epoch_lengths(epoch)
+            assert len(src) == len(tgt) == len(self.src_lengths)
+            self.src_lengths = np.asarray(src, dtype=np.int64)
+            self.tgt_lengths = np.asarray(tgt, dtype=np.int64)
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.src_lengths)
         # Sort by (src, tgt) length; a random permutation first breaks ties randomly.
@@ -130,6 +144,11 @@ class TokenBatchSampler(Sampler[list[int]]):
         if epoch != self.epoch:
             self.start = 0
         self.epoch = epoch
+        if self.epoch_lengths is not None:
+            # Now, not when iterated: the lengths come with the epoch's encoding of the
+            # dataset, which must be in place before the DataLoader copies the dataset
+            # into its workers (it does so before it asks for the first batch).
+            self.batches(epoch)
 
     # -- resuming ------------------------------------------------------------------------
 

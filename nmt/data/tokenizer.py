@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import sentencepiece as spm
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe", "char", "word")
+MAX_NBEST = 512  # as SentencePiece's own sampler allows
 
 
 class Tokenizer:
@@ -90,8 +91,44 @@ class Tokenizer:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """Subword regularisation (Kudo, 2018): training sentences segmented anew every epoch
+    (nmt.data.subword_sampling), for unigram models.
+
+    Each segmentation is drawn from all of them (``nbest`` -1, the whole lattice) or from
+    the ``nbest`` best, with probability proportional to p ** ``alpha``: the smaller
+    ``alpha``, the more varied (and longer) the segmentations. Validation, test and
+    translation always take the best segmentation.
+    """
+
+    enabled: bool = False
+    alpha: float = 0.2
+    nbest: int = -1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha <= 1:
+            raise TokenizerError(f"tokenizer.sampling.alpha must be in (0, 1], got {self.alpha}")
+        if self.nbest != -1 and not 2 <= self.nbest <= MAX_NBEST:
+            raise TokenizerError(f"tokenizer.sampling.nbest must be -1 (the whole lattice) or "
+                                 f"2..{MAX_NBEST}, got {self.nbest}")
+
+    @classmethod
+    def of(cls, values: Mapping[str, object]) -> SamplingConfig:
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise TokenizerError(f"tokenizer.sampling: unknown key(s) {unknown}; "
+                                 f"valid keys: {', '.join(names)}")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class TokenizerConfig:
-    """How to train SentencePiece. ``joint`` shares one model between both sides."""
+    """How to train SentencePiece. ``joint`` shares one model between both sides.
+
+    ``sampling`` is how the training data uses the model, not part of it: it is left
+    out of ``key``, so turning it on or off reuses the cached model.
+    """
 
     joint: bool = True
     vocab_size: int = 8000
@@ -99,8 +136,11 @@ class TokenizerConfig:
     character_coverage: float = 1.0
     input_sentence_size: int = 1_000_000  # sentences sampled for training; 0 = all
     seed: int = 1
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.sampling, Mapping):  # from a config file
+            object.__setattr__(self, "sampling", SamplingConfig.of(self.sampling))
         if self.model_type not in MODEL_TYPES:
             raise TokenizerError(
                 f"unknown tokenizer model_type {self.model_type!r}; "
@@ -114,9 +154,15 @@ class TokenizerConfig:
             )
         if self.input_sentence_size < 0:
             raise TokenizerError("tokenizer input_sentence_size must be >= 0")
+        if self.sampling.enabled and self.model_type != "unigram":
+            raise TokenizerError(f"tokenizer.sampling needs model_type=unigram (segmentations "
+                                 f"with probabilities), not {self.model_type}")
 
     def key(self, data_fingerprint: str) -> str:
-        blob = json.dumps({"data": data_fingerprint, **asdict(self)}, sort_keys=True)
+        """The cache key of the trained model: the training data and every setting that
+        changes the model (not ``sampling``)."""
+        settings = {k: v for k, v in asdict(self).items() if k != "sampling"}
+        blob = json.dumps({"data": data_fingerprint, **settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
