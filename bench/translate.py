@@ -35,7 +35,8 @@ from flops import counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from nmt.data.corpus import fetch_split, read_lines  # noqa: E402
+from nmt.data.catalog import fetch_split  # noqa: E402
+from nmt.data.corpus import read_lines  # noqa: E402
 from nmt.decoding import Decoding  # noqa: E402
 from nmt.translate import resolve_workers  # noqa: E402
 from nmt.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402

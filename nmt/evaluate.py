@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nmt.data.corpus import ParallelFiles, fetch_split, get_catalog_corpus, read_lines
+from nmt.data.catalog import fetch_split, get_catalog_corpus
+from nmt.data.corpus import ParallelFiles, read_lines
 from nmt.decoding import Decoding
 from nmt.errors import ConfigError, DataError
 from nmt.metrics import corpus_scores

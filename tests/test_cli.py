@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nmt.data.captioning import CaptionDataConfig
-from nmt.data.corpus import CATALOG
+from nmt.data.catalog import CATALOG
 from nmt.data.prepare import DataConfig, from_dict
 from nmt.data.tokenizer import TokenizerConfig
 

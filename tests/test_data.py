@@ -21,19 +21,11 @@ from conftest import (
     write_side,
 )
 
-from nmt.data import corpus as corpus_mod
+from nmt.data import catalog as catalog_mod
 from nmt.data import dataset as dataset_mod
 from nmt.data import tokenizer as tokenizer_mod
-from nmt.data.corpus import (
-    CATALOG,
-    CatalogCorpus,
-    CleanConfig,
-    fetch_file,
-    fetch_split,
-    read_lines,
-    read_parallel,
-    sha256_file,
-)
+from nmt.data.catalog import CATALOG, CatalogCorpus, fetch_file, fetch_split, sha256_file
+from nmt.data.corpus import CleanConfig, read_lines, read_parallel
 from nmt.data.datamodule import NMTDataModule
 from nmt.data.dataset import Batch, collate
 from nmt.data.prepare import describe, prepare
@@ -174,7 +166,7 @@ def test_catalog_local_copy_is_verified_and_used(tmp_path, monkeypatch):
     local = tmp_path / "copy"
     (local / "fake").mkdir(parents=True)
     (local / "fake" / "train.en.gz").write_bytes((origin / "train.en.gz").read_bytes())
-    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(catalog_mod.urllib.request, "urlopen", _no_network)
     path = fetch_file(entry, "train.en.gz", tmp_path / "cache", local_dir=local)
     assert path == local / "fake" / "train.en.gz"
     monkeypatch.setenv("NMT_DATA_DIR", str(local))  # the environment variable works too
@@ -197,7 +189,7 @@ def _no_network(*args, **kwargs):
 def test_catalog_offline_without_copy_says_what_to_do(tmp_path, monkeypatch):
     entry, _ = _fake_catalog(tmp_path)
     monkeypatch.delenv("NMT_DATA_DIR", raising=False)
-    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(catalog_mod.urllib.request, "urlopen", _no_network)
     with pytest.raises(DataError, match=r"cannot download .*train\.en\.gz.*NMT_DATA_DIR"):
         fetch_file(entry, "train.en.gz", tmp_path / "cache")
     assert not list((tmp_path / "cache" / "fake").iterdir())  # no partial file left
@@ -213,7 +205,7 @@ def test_catalog_download_is_cached_and_verified(tmp_path, monkeypatch):
         return io.BytesIO(payload)
 
     monkeypatch.delenv("NMT_DATA_DIR", raising=False)
-    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(catalog_mod.urllib.request, "urlopen", fake_urlopen)
     path = fetch_file(entry, "train.en.gz", tmp_path / "cache")
     assert path == tmp_path / "cache" / "fake" / "train.en.gz"
     assert calls == ["https://example.invalid/train.en.gz"]
@@ -225,7 +217,7 @@ def test_catalog_download_is_cached_and_verified(tmp_path, monkeypatch):
 def test_catalog_download_with_wrong_content_is_rejected(tmp_path, monkeypatch):
     entry, _ = _fake_catalog(tmp_path)
     monkeypatch.delenv("NMT_DATA_DIR", raising=False)
-    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen",
+    monkeypatch.setattr(catalog_mod.urllib.request, "urlopen",
                         lambda url, timeout: io.BytesIO(b"<html>not found</html>"))
     with pytest.raises(DataError, match="checksum mismatch"):
         fetch_file(entry, "train.en.gz", tmp_path / "cache")
@@ -279,7 +271,7 @@ def test_multi30k_test_sets_are_in_the_catalog():
     assert entry.tests_with("en", "de") == entry.test_splits
     assert entry.tests_with("en", "cs") == ("test_2016_flickr", "test_2018_flickr")
     assert entry.url.format(file=entry.filename("test_2018_flickr", "cs")) == (
-        f"https://raw.githubusercontent.com/multi30k/dataset/{corpus_mod.MULTI30K_COMMIT}"
+        f"https://raw.githubusercontent.com/multi30k/dataset/{catalog_mod.MULTI30K_COMMIT}"
         "/data/task1/raw/test_2018_flickr.cs.gz")
 
 
@@ -288,8 +280,8 @@ def test_unpinned_local_copy_checked_by_line_count_then_by_recorded_sha256(
         split, tmp_path, monkeypatch, caplog):
     local = fake_multi30k_tests(tmp_path / "copy")
     cache = tmp_path / "cache"
-    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", _no_network)
-    with caplog.at_level("WARNING", logger="nmt.data.corpus"):
+    monkeypatch.setattr(catalog_mod.urllib.request, "urlopen", _no_network)
+    with caplog.at_level("WARNING", logger="nmt.data.catalog"):
         files = fetch_split("multi30k", split, "en", "de", cache, local_dir=local)
     assert files.src == local / "multi30k" / f"{split}.en.gz"
     assert files.checksum == sha256_file(files.src) + sha256_file(files.tgt)
@@ -299,7 +291,7 @@ def test_unpinned_local_copy_checked_by_line_count_then_by_recorded_sha256(
     assert f"no sha256 is pinned for {split}.en.gz in the catalog, so it was checked by its " \
            f"line count ({MULTI30K_TESTS[split]} lines, gzip, UTF-8)" in msg
     caplog.clear()
-    with caplog.at_level("WARNING", logger="nmt.data.corpus"):
+    with caplog.at_level("WARNING", logger="nmt.data.catalog"):
         again = fetch_split("multi30k", split, "en", "de", cache, local_dir=local)
     assert again == files and not caplog.records  # the recorded sha256 from now on
 
@@ -334,7 +326,7 @@ def test_unpinned_file_changed_after_first_use_is_refused(tmp_path):
 
 def test_unpinned_file_offline_without_copy_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.delenv("NMT_DATA_DIR", raising=False)
-    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(catalog_mod.urllib.request, "urlopen", _no_network)
     with pytest.raises(DataError, match=r"^cannot download https://raw\.githubusercontent\.com/"
                        r"multi30k/dataset/.*/test_2017_flickr\.en\.gz \(.*no network.*\)\. If "
                        r"this machine is offline, put a copy of test_2017_flickr\.en\.gz in "
@@ -353,7 +345,7 @@ def test_unpinned_download_is_checked_recorded_and_cached(tmp_path, monkeypatch)
         return io.BytesIO(served.get(name) or (origin / "multi30k" / name).read_bytes())
 
     monkeypatch.delenv("NMT_DATA_DIR", raising=False)
-    monkeypatch.setattr(corpus_mod.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(catalog_mod.urllib.request, "urlopen", fake_urlopen)
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=r"^https://.*/test_2017_flickr\.fr\.gz: 999 lines, but "
                        "the published file has 1000"):

@@ -23,13 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from nmt.data.corpus import (
-    CleanConfig,
-    ParallelFiles,
-    fetch_split,
-    read_lines,
-    read_parallel,
-)
+from nmt.data.catalog import fetch_split
+from nmt.data.corpus import CleanConfig, ParallelFiles, read_lines, read_parallel
 from nmt.data.dataset import FORMAT_VERSION, ParallelDataset, encode_split
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train
