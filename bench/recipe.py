@@ -1,10 +1,11 @@
 """The recipe's results table: single model, checkpoint average and ensemble over seeds.
 
-    python bench/recipe.py --train [--evaluate] [--seeds 1 2 3]
+    python bench/recipe.py --train [--no-evaluate] [--seeds 1 2 3]
                            [--experiment multi30k_en_de_cpu60] [--runs-dir runs/recipe]
                            [--average last=5] [train.py overrides, e.g. logger=csv]
-    python bench/recipe.py [--seeds 1 2 3] [--runs-dir runs/recipe] [--average last=5]
-                           [--beam-size 5] [--splits S ...] [--device cpu] [--machine NAME]
+    python bench/recipe.py [--evaluate] [--seeds 1 2 3] [--runs-dir runs/recipe]
+                           [--average last=5] [--beam-size 5] [--splits S ...]
+                           [--device cpu] [--machine NAME]
 
 Training (``--train``): one run per seed in RUNS_DIR/seed<N>, as
 ``python train.py experiment=EXPERIMENT seed=N run_dir=RUNS_DIR/seed<N>
@@ -14,7 +15,7 @@ skipped; one with checkpoints/last.ckpt but no metrics.json was interrupted and 
 from it (``ckpt_path=last``), so the seeds may be trained one per session: rerun the same
 command. Each session's wall time is added to RUNS_DIR/seed<N>/recipe.json.
 
-Evaluation (without ``--train``, or with ``--train --evaluate`` after it): for every
+Evaluation (alone, or after ``--train`` unless ``--no-evaluate``): for every
 complete run, its best checkpoint (metrics.json) and the average of its last 5
 checkpoints (``--average last=N`` or ``best=N``; nmt/average.py, written once to
 RUN/average-last5.ckpt and reused); then the ensemble of the singles and the ensemble of
@@ -504,10 +505,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0],
                                      usage="%(prog)s [options] [train.py overrides]")
     parser.add_argument("--train", action="store_true",
-                        help="train the runs that are not complete (then evaluate only "
-                        "with --evaluate)")
+                        help="train the runs that are not complete, then evaluate")
     parser.add_argument("--evaluate", action="store_true",
-                        help="score the complete runs (the default without --train)")
+                        help="score the complete runs (the default; without --train: "
+                        "only that)")
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="with --train: train only")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="training: default 1 2 3; evaluation: default every complete "
                         "seed<N> of --runs-dir")
@@ -526,6 +529,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args = parser.parse_args(options)
     if overrides and not args.train:
         parser.error(f"train.py overrides ({' '.join(overrides)}) go with --train")
+    if args.evaluate and args.no_evaluate:
+        parser.error("--evaluate and --no-evaluate exclude each other")
     if args.beam_size < 1:
         parser.error("--beam-size must be at least 1")
     return args, overrides
@@ -540,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             experiment = None if args.experiment in ("", "none") else args.experiment
             train_seeds(Path(args.runs_dir), args.seeds or DEFAULT_SEEDS, experiment,
                         args.average, overrides)
-        if args.evaluate or not args.train:
+        if not args.no_evaluate:
             result = evaluate_runs(args, command)
             print(json.dumps(result))
             return result

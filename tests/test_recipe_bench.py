@@ -46,10 +46,10 @@ def trained(toy_dir, tmp_path_factory, one_thread) -> tuple[Path, list[str]]:
     tmp = tmp_path_factory.mktemp("recipe")
     toy = [o for o in toy_overrides(files_config(toy_dir, tmp / "cache"), tmp)
            if not o.startswith("run_dir=")]
-    args = ["--train", "--seeds", *SEEDS, "--runs-dir", str(tmp / "runs"), "--average",
-            "last=3", *toy, "trainer.max_epochs=5", "optim.lr=0.02", "logger=csv",
+    args = ["--train", "--no-evaluate", "--seeds", *SEEDS, "--runs-dir", str(tmp / "runs"),
+            "--average", "last=3", *toy, "trainer.max_epochs=5", "optim.lr=0.02", "logger=csv",
             "callbacks.every_n_minutes=null"]
-    assert recipe.main(args) is None  # --train alone does not evaluate
+    assert recipe.main(args) is None
     return tmp / "runs", args
 
 
@@ -157,13 +157,16 @@ def test_complete_runs_are_skipped_and_interrupted_ones_resume(trained, tmp_path
     recipe.main(args)
     assert capsys.readouterr().out.count("not trained again") == 3
     # A run without metrics.json but with last.ckpt resumes from it (here: its last epoch
-    # is done, so it only writes metrics.json again).
+    # is done, so it only writes metrics.json again); then, without --no-evaluate, the
+    # table of that one run.
     shutil.copytree(runs_dir / "seed3", tmp_path / "seed3")
     (tmp_path / "seed3" / "metrics.json").unlink()
-    resumed = [a if a != str(runs_dir) else str(tmp_path) for a in args]
+    resumed = [a if a != str(runs_dir) else str(tmp_path) for a in args
+               if a != "--no-evaluate"]
     resumed[resumed.index("--seeds") + 1:resumed.index("--seeds") + 4] = ["3"]
-    recipe.main(resumed)
+    result = recipe.main(resumed)
     assert "seed 3: resuming: python train.py" in capsys.readouterr().out
+    assert result is not None and result["seeds"] == [3]
     assert (tmp_path / "seed3" / "metrics.json").is_file()
     sessions = json.loads((tmp_path / "seed3" / "recipe.json").read_text())["sessions"]
     assert len(sessions) == 2 and sessions[1]["overrides"][-1] == "ckpt_path=last"
@@ -200,7 +203,8 @@ def test_command_line_options_and_overrides():
                                          "--average", "best=3", "trainer.max_time=00:00:10:00"])
     assert args.seeds == [1, 2] and str(args.average) == "best=3"
     assert overrides == ["model=gru", "trainer.max_time=00:00:10:00"]
-    for argv in (["--average", "last"], ["--average", "first=5"], ["model=gru"]):
+    for argv in (["--average", "last"], ["--average", "first=5"], ["model=gru"],
+                 ["--evaluate", "--no-evaluate"]):
         with pytest.raises(SystemExit) as e:
             recipe.parse_args(argv)
         assert e.value.code == 2
