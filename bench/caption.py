@@ -8,7 +8,9 @@ train.py overrides after the options) and takes its best checkpoint. Then it
 captions the held-out test images from their files, as caption.py does, and reports:
 BLEU-1..4, ROUGE-L and CIDEr-D against all true captions of each image; the share of
 colour and shape words written while the most attended cell of the feature grid lay
-inside the box of the shape the word names (nmt.data.shapes.attention_hits); the share
+inside the box of the shape the word names (nmt.data.shapes.attended_words), for colour
+and shape words apart, the median distance in pixels from a missing cell's centre to
+the box, and the mean share of a word's attention on cells inside the box; the share
 of distinct captions (one caption for every image is the classic preprocessing bug).
 The last line printed is one JSON object (keys are compared from run to run: keep them).
 """
@@ -21,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -31,7 +35,7 @@ from nmt.captioner import Caption, Captioner  # noqa: E402
 from nmt.data.captioning import CaptionDataConfig, read_records  # noqa: E402
 from nmt.data.captions import CaptionedImage  # noqa: E402
 from nmt.data.prepare import from_dict  # noqa: E402
-from nmt.data.shapes import ShapeObject, attention_hits  # noqa: E402
+from nmt.data.shapes import AttendedWord, ShapeObject, attended_words  # noqa: E402
 from nmt.decoding import Decoding  # noqa: E402
 from nmt.metrics import caption_scores  # noqa: E402
 
@@ -54,16 +58,24 @@ def check(captions: list[Caption], images: list[CaptionedImage], size: int
           ) -> dict[str, float]:
     """Scores, attention in the box, and distinct captions of the test images."""
     scores = caption_scores([c.text for c in captions], [list(i.captions) for i in images])
-    hits = total = 0
+    found: list[AttendedWord] = []
     for caption, image in zip(captions, images, strict=True):
         attention = caption.hypotheses[0].attention
         assert attention is not None and image.scene is not None
         scene = [ShapeObject.from_dict(o) for o in image.scene]
-        h, t = attention_hits(caption.text.split(), attention.numpy(), scene, caption.grid,
-                              size)
-        hits, total = hits + h, total + t
-    return {**scores, "attention_in_box": round(100 * hits / max(total, 1), 2),
-            "attended_words": total,
+        found += attended_words(caption.text.split(), attention.numpy(), scene, caption.grid,
+                                size)
+
+    def share(words: list[AttendedWord]) -> float:
+        return round(100 * sum(w.hit for w in words) / max(len(words), 1), 2)
+
+    misses = [w.distance for w in found if not w.hit and np.isfinite(w.distance)]
+    return {**scores, "attention_in_box": share(found), "attended_words": len(found),
+            "attention_colour": share([w for w in found if w.kind == "colour"]),
+            "attention_shape": share([w for w in found if w.kind == "shape"]),
+            "attention_miss_px": round(float(np.median(misses)), 2) if misses else 0.0,
+            "attention_mass_in_box": round(100 * float(np.mean([w.mass for w in found])), 2)
+            if found else 0.0,
             "distinct_captions": round(100 * len({c.text for c in captions}) / len(captions), 2)}
 
 

@@ -385,3 +385,24 @@ def test_write_shapes_will_not_replace_a_foreign_directory(tmp_path):
         shapes.write_shapes(tmp_path / "file", COUNTS)
     with pytest.raises(DataError, match="count >= 0"):
         shapes.write_shapes(tmp_path / "x", {"train": -1})
+
+
+def test_attended_words_by_hand():
+    # One small red square, box x 13..25, y 40..52 at 64 pixels: on the 8x8 grid
+    # (cells of 8 pixels, centres at 4, 12, 20, ...) only the centres (20, 44) lie in it.
+    scene = [ShapeObject("red", "square", "small", (13, 40, 25, 52))]
+    words = "a small red square".split()
+    attention = np.zeros((len(words) + 1, 64))
+    attention[2, 5 * 8 + 2] = 0.7  # "red": row 5, column 2 -> (20, 44), inside
+    attention[2, 0] = 0.3
+    attention[3, 5 * 8 + 1] = 0.6  # "square": column 1 -> (12, 44), 1 pixel left of the box
+    attention[3, 5 * 8 + 2] = 0.4
+    found = shapes.attended_words(words, attention, scene, (8, 8), 64)
+    assert [(w.kind, w.hit) for w in found] == [("colour", True), ("shape", False)]
+    assert found[0].distance == 0 and found[1].distance == pytest.approx(1.0)
+    assert [w.mass for w in found] == pytest.approx([0.7, 0.4])
+    assert shapes.attention_hits(words, attention, scene, (8, 8), 64) == (1, 2)
+    # A phrase naming no object of the scene is a miss, at no distance.
+    [miss, _] = shapes.attended_words("a small blue square".split(), attention, scene,
+                                      (8, 8), 64)
+    assert not miss.hit and miss.distance == float("inf") and miss.mass == 0

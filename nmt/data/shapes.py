@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -293,29 +293,51 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
 
 
 
-def attention_hits(words: Sequence[str], attention: np.ndarray, scene: Sequence[ShapeObject],
-                   grid: tuple[int, int], image_size: int) -> tuple[int, int]:
-    """How many colour and shape words of a caption were written while the most attended
-    cell lay inside the box of the shape the word names, and how many such words there are.
+class AttendedWord(NamedTuple):
+    """Where the attention was when a colour or shape word was written."""
+
+    kind: str  # "colour" or "shape"
+    hit: bool  # the most attended cell's centre lies inside the named shape's box
+    distance: float  # pixels from that centre to the box (0 inside; inf: no such shape)
+    mass: float  # the share of the attention on cells whose centres lie inside the box
+
+
+def attended_words(words: Sequence[str], attention: np.ndarray, scene: Sequence[ShapeObject],
+                   grid: tuple[int, int], image_size: int) -> list[AttendedWord]:
+    """The colour and shape words of a caption and where the attention was for each.
 
     ``words`` are the caption's words, one attention row each ((T, rows * cols), cells
     row-major); the phrase "size colour shape" around a word names its object. A word
-    whose phrase names no object of the scene (a wrong caption) counts as a miss. A cell
-    lies inside a box when its centre does.
+    whose phrase names no object of the scene (a wrong caption) is a miss.
     """
     rows, cols = grid
-    hits = total = 0
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    xs, ys = (c + 0.5) * image_size / cols, (r + 0.5) * image_size / rows  # cell centres
+    found = []
     for t, word in enumerate(words):
         if word not in COLOURS and word not in SHAPE_NAMES:
             continue
-        total += 1
-        start = t - 1 if word in COLOURS else t - 2  # where the phrase begins
-        phrase = list(words[max(start, 0):start + 3]) if start >= 0 else []
+        kind = "colour" if word in COLOURS else "shape"
+        start = t - 1 if kind == "colour" else t - 2  # where the phrase begins
+        phrase = list(words[start:start + 3]) if start >= 0 else []
         obj = object_for_phrase(scene, *phrase) if len(phrase) == 3 else None
         if obj is None:
+            found.append(AttendedWord(kind, False, float("inf"), 0.0))
             continue
-        r, c = divmod(int(np.argmax(attention[t])), cols)
-        x, y = (c + 0.5) * image_size / cols, (r + 0.5) * image_size / rows
         x0, y0, x1, y1 = obj.box
-        hits += int(x0 <= x < x1 and y0 <= y < y1)
-    return hits, total
+        inside = (x0 <= xs) & (xs < x1) & (y0 <= ys) & (ys < y1)  # (cells,)
+        best = int(np.argmax(attention[t]))
+        dx = max(x0 - xs[best], 0.0, xs[best] - x1)
+        dy = max(y0 - ys[best], 0.0, ys[best] - y1)
+        found.append(AttendedWord(kind, bool(inside[best]), float(np.hypot(dx, dy)),
+                                  float(attention[t][inside].sum())))
+    return found
+
+
+def attention_hits(words: Sequence[str], attention: np.ndarray, scene: Sequence[ShapeObject],
+                   grid: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """How many colour and shape words of a caption were written while the most attended
+    cell lay inside the box of the shape the word names, and how many such words there
+    are (``attended_words``). A cell lies inside a box when its centre does."""
+    found = attended_words(words, attention, scene, grid, image_size)
+    return sum(w.hit for w in found), len(found)
