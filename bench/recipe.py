@@ -312,11 +312,7 @@ def evaluate_system(system: System, data: DictConfig, splits: list[str], out_dir
     print(f"{system.label}: python evaluate.py checkpoint=[{','.join(system.checkpoints)}]"
           f"{' ensemble=true' if cfg.ensemble else ''} decoding.beam_size={beam_size}",
           flush=True)
-    threads = torch.get_num_threads()
-    try:
-        entries = run_evaluation(cfg)
-    finally:  # evaluate.run shares the threads among its workers: once per process
-        torch.set_num_threads(threads)
+    entries = run_evaluation(cfg)
     return {e["test_set"]: e for e in entries}
 
 

@@ -161,7 +161,7 @@ CAPTION_COLUMNS = {"BLEU-1": "bleu1", "BLEU-4": "bleu4", "ROUGE-L": "rouge_l",
 def comparison_table(report: list[dict[str, Any]]) -> str:
     columns = CAPTION_COLUMNS if report and "bleu4" in report[0] else TRANSLATION_COLUMNS
     rows = [("checkpoint", "test set", *columns, "sent/s")]
-    rows += [(Path(e["checkpoint"]).name, e["test_set"],
+    rows += [("+".join(Path(c).name for c in e["checkpoint"].split("+")), e["test_set"],
               *(f"{e[k]:.2f}" if k in e else "-" for k in columns.values()),
               f"{e['sentences_per_s']:.1f}") for e in report]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -91,14 +91,20 @@ def resolve_workers(workers: int | None, device: str, sampling: bool = False) ->
     return workers or min(2, torch.get_num_threads())
 
 
+_ALL_THREADS: list[int] = []  # torch's thread count before the first share_threads
+
+
 def share_threads(workers: int) -> None:
     """Give each of ``workers`` decoding threads its share of torch's threads.
 
-    Process-wide, so only command-line entry points call it, once, before translating:
-    the translator's worker threads take this setting when they start.
+    Process-wide, so only command-line entry points call it, before translating: the
+    translator's worker threads take this setting when they start. Shares are of the
+    count before the first call, so calling it again (evaluate.run in a loop) does not
+    halve the threads again.
     """
-    if workers > 1:
-        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    if not _ALL_THREADS:
+        _ALL_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(max(1, _ALL_THREADS[0] // workers))
 
 
 def format_translation(index: int, tr: Translation, n_best: int) -> str:

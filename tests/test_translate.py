@@ -393,3 +393,19 @@ def test_all_tests_needs_a_catalog_corpus():
     with pytest.raises(ConfigError, match=r"split=all_tests needs a catalog corpus .*"
                        r"split=\[valid,test\]"):
         split_names("all_tests", OmegaConf.create({"corpus": None}))
+
+
+def test_share_threads_shares_the_first_count_every_time(monkeypatch):
+    # evaluate.run called in a loop (bench/recipe.py) must not halve the threads each time.
+    from nmt import translate
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(translate, "_ALL_THREADS", [])
+    try:
+        for _ in range(3):
+            translate.share_threads(2)
+            assert torch.get_num_threads() == max(1, threads // 2)
+        translate.share_threads(1)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)
