@@ -13,8 +13,9 @@ export NMT_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-# The demo's training budget (any train.py overrides): one epoch takes 6-12 minutes on 2 cores.
-DEMO_ARGS ?= trainer.max_epochs=1
+# The demo's recipe and budget (any train.py overrides): 12 minutes of training
+# (conf/experiment/multi30k_en_de_demo.yaml).
+DEMO_ARGS ?= experiment=multi30k_en_de_demo
 DEMO_DIR ?= runs/demo
 # The captioning demo (procedural shapes, docs/captioning.md): its training budget.
 CAPTION_ARGS ?= trainer.max_time=00:00:12:00
