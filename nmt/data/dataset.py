@@ -55,7 +55,24 @@ class EncodeStats:
     seconds: float
 
 
-class ParallelDataset(Dataset):
+class OffsetItems(Dataset):
+    """Items (i, src_ids, tgt_ids) from concatenated ids and offsets (``src_ids``,
+    ``src_offsets``, ``tgt_ids``, ``tgt_offsets``, set by the subclass)."""
+
+    src_ids: np.ndarray
+    src_offsets: np.ndarray
+    tgt_ids: np.ndarray
+    tgt_offsets: np.ndarray
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        so, to = self.src_offsets, self.tgt_offsets
+        return i, self.src_ids[so[i]:so[i + 1]], self.tgt_ids[to[i]:to[i + 1]]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        return [self[i] for i in indices]
+
+
+class ParallelDataset(OffsetItems):
     """Memory-mapped encoded split; item i is (i, src_ids, tgt_ids) without BOS/EOS."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
@@ -71,13 +88,6 @@ class ParallelDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.src_offsets) - 1
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
-        so, to = self.src_offsets, self.tgt_offsets
-        return i, self.src_ids[so[i]:so[i + 1]], self.tgt_ids[to[i]:to[i + 1]]
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        return [self[i] for i in indices]
 
     @property
     def line_numbers(self) -> np.ndarray:

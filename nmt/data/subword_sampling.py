@@ -31,10 +31,9 @@ from functools import lru_cache
 from itertools import accumulate
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from nmt.data.corpus import ParallelFiles, read_parallel
-from nmt.data.dataset import ParallelDataset
+from nmt.data.dataset import OffsetItems, ParallelDataset
 from nmt.data.tokenizer import UNK_ID, SamplingConfig, Tokenizer
 from nmt.errors import DataError
 
@@ -183,7 +182,7 @@ def kept_texts(files: ParallelFiles, line_numbers: np.ndarray) -> tuple[list[str
     return src, tgt
 
 
-class SampledDataset(Dataset):
+class SampledDataset(OffsetItems):
     """The training split, segmented anew for each epoch; item i is (i, src_ids, tgt_ids),
     the same example as item i of ``base`` (the split's deterministic encoding).
 
@@ -215,13 +214,6 @@ class SampledDataset(Dataset):
     def __getstate__(self) -> dict[str, object]:
         # DataLoader workers started by "spawn" get a pickled copy: they serve items only.
         return {**self.__dict__, "texts": ([], []), "samplers": None}
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
-        so, to = self.src_offsets, self.tgt_offsets
-        return i, self.src_ids[so[i]:so[i + 1]], self.tgt_ids[to[i]:to[i + 1]]
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        return [self[i] for i in indices]
 
     @property
     def src_lengths(self) -> np.ndarray:
