@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from nmt.config import CONF_DIR, check_overrides
 from nmt.errors import ConfigError, NMTError
@@ -31,6 +32,10 @@ def report_errors(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any
             return fn(cfg)
         except NMTError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except MissingMandatoryValue as e:  # a ??? value the command line did not set
+            print(f"error: {e.full_key} is not set; give it on the command line "
+                  f"({e.full_key}=...)", file=sys.stderr)
             sys.exit(2)
 
     wrapper.__name__ = fn.__name__

@@ -391,7 +391,7 @@ def test_attended_words_by_hand():
     # One small red square, box x 13..25, y 40..52 at 64 pixels: on the 8x8 grid
     # (cells of 8 pixels, centres at 4, 12, 20, ...) only the centres (20, 44) lie in it.
     scene = [ShapeObject("red", "square", "small", (13, 40, 25, 52))]
-    words = "a small red square".split()
+    words = ["a", "small", "red", "square"]
     attention = np.zeros((len(words) + 1, 64))
     attention[2, 5 * 8 + 2] = 0.7  # "red": row 5, column 2 -> (20, 44), inside
     attention[2, 0] = 0.3
@@ -403,6 +403,6 @@ def test_attended_words_by_hand():
     assert [w.mass for w in found] == pytest.approx([0.7, 0.4])
     assert shapes.attention_hits(words, attention, scene, (8, 8), 64) == (1, 2)
     # A phrase naming no object of the scene is a miss, at no distance.
-    [miss, _] = shapes.attended_words("a small blue square".split(), attention, scene,
+    [miss, _] = shapes.attended_words(["a", "small", "blue", "square"], attention, scene,
                                       (8, 8), 64)
     assert not miss.hit and miss.distance == float("inf") and miss.mass == 0

@@ -105,3 +105,12 @@ def test_misspelled_key_is_refused(tmp_path):
     assert result.stderr.strip() == ("error: data.srclang: unknown key; valid keys: clean, "
                                      "corpus, files, local_dir, name, root, splits, src_lang, "
                                      "tgt_lang")
+
+
+@pytest.mark.parametrize(("command", "key"), [("translate", "checkpoint"),
+                                              ("evaluate", "checkpoint"), ("caption", "images")])
+def test_a_missing_mandatory_value_is_one_line(command, key, tmp_path):
+    result = run_cli(command, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {key} is not set; give it on the command "
+                                      f"line ({key}=...)")
