@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from train_helpers import ROOT, compose_train
 
 from nmt.captioner import Caption, Captioner, ImageFailure
@@ -196,7 +197,10 @@ def test_caption_cli_writes_a_tsv_skips_bad_files_and_plots_attention(trained, t
     assert all(len(line.split("\t")) == 2 for line in lines)
     assert "broken.png: not a readable image" in done.stderr and "1 of 5 file(s)" in done.stderr
     plots = sorted((tmp_path / "plots").glob("*.png"))
-    assert len(plots) == 2 and all(p.stat().st_size > 5000 for p in plots)
+    assert len(plots) == 2  # a tiny model's caption may be empty: one panel (EOS) at least
+    for plot in plots:
+        with Image.open(plot) as image:
+            assert image.format == "PNG" and min(image.size) >= 100, (plot, image.size)
 
 
 @pytest.mark.parametrize(("args", "message"), [
