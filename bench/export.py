@@ -30,6 +30,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,8 +71,10 @@ def torch_int8(checkpoint: str, workers: int) -> Translator:
     from torch.ao.quantization import quantize_dynamic
 
     translator = Translator.from_checkpoint(checkpoint, workers=workers)
-    model = quantize_dynamic(copy.deepcopy(translator.model), {torch.nn.Linear},
-                             dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch 2.13: quantized tensors are deprecated
+        warnings.simplefilter("ignore")
+        model = quantize_dynamic(copy.deepcopy(translator.model), {torch.nn.Linear},
+                                 dtype=torch.qint8)
     return Translator(model, translator.src_tokenizer, translator.tgt_tokenizer,
                       workers=workers)
 

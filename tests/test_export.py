@@ -137,7 +137,8 @@ def test_exported_translates_as_the_checkpoint(exported, checkpoint):
     torch_tr, onnx_tr = Translator.from_checkpoint(checkpoint), Translator.from_checkpoint(
         exported["onnx"])
     inputs = [*SENTENCES, "", "a dog sees ."]
-    for decoding in (Decoding(beam_size=1), Decoding(beam_size=5, n_best=3)):
+    for decoding in (Decoding(beam_size=1), Decoding(beam_size=5, n_best=3),
+                     Decoding(sampling=True, seed=3)):
         want = torch_tr.translate(inputs, decoding, attention=True)
         got = onnx_tr.translate(inputs, decoding, attention=True)
         assert [t.texts for t in got] == [t.texts for t in want]
@@ -265,7 +266,12 @@ def test_export_and_translate_configs(checkpoint, tmp_path, capsys):
                               f"output={tmp_path / 'out.de'}", "progress=false", "workers=1"))
     want = Translator.from_checkpoint(out).translate_text(SENTENCES[:8])
     assert (tmp_path / "out.de").read_text().splitlines() == want
-    capsys.readouterr()  # the log of that translation
+    # evaluate.py takes it as well (a list of one, as it passes checkpoints on)
+    [entry] = cli.evaluate(compose_cli(
+        "evaluate", f"checkpoint={out}", f"src={inp}", f"ref={inp}", "workers=1",
+        f"output_dir={tmp_path / 'eval'}", "progress=false", "decoding=greedy"))
+    assert entry["sentences"] == 8 and entry["checkpoint"] == str(out)
+    capsys.readouterr()  # the logs and reports of those commands
     # user errors: one line, exit status 2
     (tmp_path / "empty").mkdir()
     for name, args, message in [

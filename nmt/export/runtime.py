@@ -56,8 +56,8 @@ def session(path: Path, threads: int | None = None) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Threads that spin between the many small calls of a search only take cores from
-    # the other workers.
+    # Pool threads would spin between the many small calls of a search, on cores the
+    # other workers could use.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
