@@ -148,6 +148,17 @@ def average(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+@report_errors
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export a checkpoint to ONNX or int8 (conf/export.yaml); print a JSON summary."""
+    _log_to_stderr()
+    from nmt.export.exporter import run
+
+    summary = run(cfg)
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
 def caption_main() -> None:
     run_hydra("caption", caption)
 
@@ -168,9 +179,14 @@ def average_main() -> None:
     run_hydra("average", average)
 
 
+def export_main() -> None:
+    run_hydra("export", export)
+
+
 if __name__ == "__main__":
     commands = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
-                "evaluate": evaluate_main, "caption": caption_main, "average": average_main}
+                "evaluate": evaluate_main, "caption": caption_main, "average": average_main,
+                "export": export_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
     name = sys.argv.pop(1)

@@ -29,17 +29,19 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from nmt.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
 from nmt.ensemble import Ensemble, check_compatible
 from nmt.errors import CheckpointError, ConfigError, TokenizerError
 from nmt.model import Seq2Seq, model_from_checkpoint
-from nmt.search import Hypothesis, length_penalty, score_targets
+from nmt.search import Hypothesis, SearchModel, length_penalty, score_targets
 
 DEFAULT_MAX_SRC_LEN = 250
 DEFAULT_BATCH_TOKENS = 10000
@@ -91,7 +93,7 @@ class Translation:
 class Translator:
     """A model and its tokenizers, ready to translate text."""
 
-    def __init__(self, model: Seq2Seq | Ensemble, src_tokenizer: Tokenizer,
+    def __init__(self, model: Seq2Seq | Ensemble | SearchModel, src_tokenizer: Tokenizer,
                  tgt_tokenizer: Tokenizer, device: str | torch.device = "cpu",
                  max_src_len: int = DEFAULT_MAX_SRC_LEN, workers: int = 1) -> None:
         """``max_src_len``: source pieces kept per input, EOS not counted; longer inputs
@@ -102,7 +104,9 @@ class Translator:
         if not isinstance(max_src_len, int) or max_src_len < 1:
             raise ConfigError("max_src_len must be a positive integer (source pieces kept "
                               f"per input), got {max_src_len!r}")
-        self.model = model.to(device).eval()
+        if isinstance(model, nn.Module):  # an exported model (nmt/export) runs as it is
+            model.to(device).eval()
+        self.model = model
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
         self.device = torch.device(device)
@@ -115,10 +119,19 @@ class Translator:
                         max_src_len: int = DEFAULT_MAX_SRC_LEN, workers: int = 1
                         ) -> Translator:
         """One checkpoint, or a list of them: an ensemble (nmt/ensemble.py), whose
-        members must share both vocabularies. A list of one is the single model."""
+        members must share both vocabularies. A list of one is the single model. A
+        directory is a model written by export.py (nmt/export), run by onnxruntime."""
         paths = [str(path)] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
         if not paths:
             raise ConfigError("checkpoint: an empty list; give one checkpoint or several")
+        if any(Path(p).is_dir() for p in paths):
+            if len(paths) > 1:
+                raise ConfigError("checkpoint: an exported model (a directory) translates "
+                                  "alone; ensembles are of .ckpt checkpoints")
+            from nmt.export import load_exported
+
+            exported, src, tgt = load_exported(paths[0], device)
+            return cls(exported, src, tgt, device, max_src_len, workers)
         ckpts = [load_checkpoint(p, "cpu") for p in paths]
         for ckpt, p in zip(ckpts, paths, strict=True):
             if not ckpt["tokenizers"].get("src"):
