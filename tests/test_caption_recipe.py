@@ -21,7 +21,8 @@ from nmt.data.captioning import ImageSettings
 from nmt.data.datamodule import CaptionDataModule
 from nmt.decoding import Decoding, decode
 
-MINUTES = 12  # the training budget (the issue allows 15 on this CPU)
+MINUTES = 10  # the training budget (the issue allows 15 on this CPU; epoch 2, after about
+# 7 minutes, already gives BLEU-4 93.5 and 92.5% attention: docs/captioning.md)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,8 @@ def test_held_out_bleu4_and_attention_in_the_named_shape(recipe):
     result, _ = recipe
     assert result["images"] == 500 and result["train_minutes"] <= 15
     assert result["bleu4"] >= 80, result
-    # The issue asks 80%; the recipe measured 78.8% (docs/captioning.md): this guards what
-    # it reaches against regressions, with room for a slower machine's fewer epochs.
-    assert result["attended_words"] > 1000 and result["attention_in_box"] >= 70, result
+    # The issue asks 80%; the recipe measured 91-92% (docs/captioning.md).
+    assert result["attended_words"] > 1000 and result["attention_in_box"] >= 80, result
 
 
 @pytest.mark.slow
