@@ -32,7 +32,7 @@ from nmt.decoding import Decoding
 from nmt.model import build_model
 from nmt.model.registry import model_record
 from nmt.translate import translate_file
-from nmt.translator import Translator, pad_sources
+from nmt.translator import Translator, length_batches, pad_sources
 
 SENTENCES = [s for s, _ in toy_pairs(24, seed=21)]
 # The translator in this process: one torch thread (tiny tensors; the server needs the CPU).
@@ -176,6 +176,56 @@ def assert_same(got: list, want: list) -> None:
 
 
 # --- translation -----------------------------------------------------------------------------
+
+
+def test_requests_are_decoded_in_one_call_per_decoding_setting(translator):
+    from nmt.serving.api import Job, translate_jobs
+
+    beam2, beam3 = Decoding(beam_size=2), Decoding(beam_size=3)
+    sample = Decoding(sampling=True, seed=5)
+    jobs = [Job(SENTENCES[0:2], beam2, False), Job(SENTENCES[2:5], beam3, True),
+            Job([SENTENCES[5], ""], beam2, True), Job(SENTENCES[6:7], sample, False),
+            Job(SENTENCES[7:9], sample, False)]
+    calls = []
+    real = translator.translate
+
+    def recording(lines, decoding, **kwargs):
+        calls.append((len(lines), decoding, kwargs["attention"]))
+        return real(lines, decoding, **kwargs)
+
+    translator.translate = recording
+    try:
+        found = translate_jobs(translator, jobs, 10000)
+    finally:
+        del translator.translate
+    # beam 2 together (with attention: one of them asked), beam 3, each sampling alone
+    assert calls == [(4, beam2, True), (3, beam3, True), (1, sample, False), (2, sample, False)]
+    for job, translations in zip(jobs, found, strict=True):
+        assert [t.source for t in translations] == job.lines
+        assert [t.texts for t in translations] == [
+            t.texts for t in translator.translate(job.lines, job.decoding)]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_call_is_cut_into_batches_for_every_worker(checkpoint, beam):
+    from nmt.serving.api import call_budget
+
+    two = Translator.from_checkpoint(checkpoint, workers=2)
+    lines = [*SENTENCES, "", "   "]
+    lengths = np.array([len(ids) + 1 for ids in two.src_tokenizer.encode(SENTENCES)])
+    for budget in (10000, 300 * beam, 100 * beam):
+        balanced = call_budget(two, lines, Decoding(beam_size=beam), budget)
+        before = length_batches(lengths, budget // beam)
+        after = length_batches(lengths, balanced // beam)
+        # no more batches than the next round of 2 workers needs; each within the budget
+        assert balanced <= budget and len(after) <= len(before) + len(before) % 2
+        assert max(len(b) * lengths[b].max() for b in after) <= balanced // beam
+        if budget == 10000:  # all lines fit in one batch: two halves instead
+            assert len(before) == 1 and len(after) == 2
+    # The translations do not depend on the cut.
+    decoding = Decoding(beam_size=beam)
+    assert [t.texts for t in two.translate(lines, decoding, batch_tokens=balanced)] == \
+        [t.texts for t in two.translate(lines, decoding)]
 
 
 def test_concurrent_requests_get_what_the_translator_gives(server, translator):

@@ -19,14 +19,18 @@ Captions are decoded one request at a time (one image each).
 # decode_request's annotation at runtime (FastAPI then parses and documents the body).
 import io
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from queue import Empty, Queue
 from typing import Any, NamedTuple
 
 import litserve as ls
 import numpy as np
 import torch
 from fastapi import HTTPException
+from litserve.loops import BatchedLoop
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from PIL import Image
 
 from nmt.captioner import Caption, Captioner
@@ -41,7 +45,7 @@ from nmt.serving.requests import (
     image_bytes,
 )
 from nmt.translate import resolve_workers, share_threads
-from nmt.translator import Candidate, Translation, Translator
+from nmt.translator import Candidate, Translation, Translator, length_batches
 
 # What PIL raises for bytes that are not a readable image (as nmt.data.images).
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -55,6 +59,7 @@ class ModelSettings:
     device: str = "cpu"
     max_src_len: int = 250
     workers: int | None = None  # CPU: batches decoded at once (as translate.py's workers)
+    processes: int = 1  # inference worker processes; each takes its share of the threads
     batch_tokens: int = 10000
 
 
@@ -64,6 +69,43 @@ class Job(NamedTuple):
     lines: list[str]
     decoding: Decoding
     attention: bool
+
+
+class GatheringLoop(BatchedLoop):
+    """LitServe's batched loop, gathering requests without polling.
+
+    LitServe's own gathering asks its queue (a manager process) for a request every
+    millisecond, even when idle, and always waits ``batch_timeout``. Here the worker
+    blocks until a first request comes, then takes the requests that follow it, until
+    none came for ``gap`` seconds (clients answered together come back together, a few
+    milliseconds apart), ``batch_timeout`` after the first, or ``max_batch_size``.
+    """
+
+    def __init__(self, gap: float) -> None:
+        super().__init__()
+        self.gap = gap
+
+    def get_batch_requests(self, lit_api: ls.LitAPI, request_queue: Queue,
+                           transport: Any) -> tuple[list[Any], list[Any]]:
+        payloads: list[Any] = []
+        timed_out: list[Any] = []
+        deadline = None
+        while len(payloads) < lit_api.max_batch_size:
+            wait = 1.0 if deadline is None else min(deadline - time.monotonic(), self.gap)
+            try:
+                item = request_queue.get(timeout=wait) if wait > 0 else request_queue.get_nowait()
+            except Empty:
+                break  # none in a second (LitServe's loop comes round again) or none more
+            if item == _SENTINEL_VALUE:
+                raise _StopLoopError()
+            queue_id, uid, timestamp, request = item
+            deadline = deadline or time.monotonic() + lit_api.batch_timeout
+            limit = lit_api.request_timeout
+            if limit not in (None, False, -1) and time.monotonic() - timestamp > limit:
+                timed_out.append((queue_id, uid))  # LitServe answers these with a 504
+            else:
+                payloads.append((queue_id, uid, request))
+        return payloads, timed_out
 
 
 def translate_jobs(translator: Translator, jobs: Sequence[Job], batch_tokens: int
@@ -77,9 +119,11 @@ def translate_jobs(translator: Translator, jobs: Sequence[Job], batch_tokens: in
     results: list[list[Translation]] = [[] for _ in jobs]
     for members in groups.values():
         lines = [line for i in members for line in jobs[i].lines]
-        found = translator.translate(lines, jobs[members[0]].decoding,
+        decoding = jobs[members[0]].decoding
+        found = translator.translate(lines, decoding,
                                      attention=any(jobs[i].attention for i in members),
-                                     batch_tokens=batch_tokens)
+                                     batch_tokens=call_budget(translator, lines, decoding,
+                                                              batch_tokens))
         start = 0
         for i in members:
             results[i] = found[start:start + len(jobs[i].lines)]
@@ -91,6 +135,36 @@ def ignore_interrupts() -> None:
     """Ctrl-C in a terminal reaches every process of the group: the workers leave it to
     the HTTP process, which finishes the requests in flight before stopping them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def call_budget(translator: Translator, lines: list[str], decoding: Decoding,
+                batch_tokens: int) -> int:
+    """A token budget that cuts a call's lines into a multiple of the translator's
+    ``workers`` batches of about equal cost, each within ``batch_tokens``.
+
+    With the translator's own cut, the lines of a batch of requests often make one
+    batch (greedy search) or one batch more than a round of workers: the other workers
+    then wait. The budget is the smallest one that gives no more batches than the next
+    multiple of ``workers``; the translator cuts the same way (``length_batches``).
+    """
+    beams = 1 if decoding.sampling else decoding.beam_size
+    if translator.workers == 1 or decoding.sampling:  # sampling: one batch at a time
+        return batch_tokens
+    ids = translator.src_tokenizer.encode([line for line in lines if line.strip()])
+    if not ids:
+        return batch_tokens
+    lengths = np.array([min(len(seq), translator.max_src_len) + 1 for seq in ids])
+    limit = max(batch_tokens // beams, 1)
+    workers = translator.workers
+    wanted = -(-len(length_batches(lengths, limit)) // workers) * workers
+    low, high = 1, limit  # the smallest budget that gives at most `wanted` batches
+    while low < high:
+        middle = (low + high) // 2
+        if len(length_batches(lengths, middle)) <= wanted:
+            high = middle
+        else:
+            low = middle + 1
+    return low * beams
 
 
 def rounded(matrix: torch.Tensor) -> list[list[float]]:
@@ -107,9 +181,9 @@ class TranslateAPI(ls.LitAPI):
     model: whatever ``Translator.from_checkpoint`` loads)."""
 
     def __init__(self, model: ModelSettings, defaults: Decoding, limits: Limits,
-                 max_batch_size: int, batch_timeout: float) -> None:
+                 max_batch_size: int, batch_timeout: float, batch_gap: float) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout,
-                         api_path="/translate")
+                         api_path="/translate", loop=GatheringLoop(batch_gap))
         self.model = model
         self.defaults = defaults
         self.limits = limits
@@ -118,8 +192,10 @@ class TranslateAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         ignore_interrupts()
         device = self.model.device  # ours (cpu, cuda:1, ...), not LitServe's ("cpu")
+        if device.startswith("cpu"):  # the worker processes share the cores
+            torch.set_num_threads(max(1, torch.get_num_threads() // self.model.processes))
         workers = resolve_workers(self.model.workers, device)
-        share_threads(workers)  # this worker process decodes only: all threads are ours
+        share_threads(workers)  # then each decoding thread its share of this process'
         self.translator = Translator.from_checkpoint(self.model.checkpoint, device,
                                                      self.model.max_src_len, workers)
 

@@ -31,7 +31,8 @@ class Batching:
     """conf/serve.yaml ``batching``: how LitServe gathers requests, how they are decoded."""
 
     max_batch_size: int = 64
-    batch_timeout: float = 0.05
+    batch_timeout: float = 0.2
+    batch_gap: float = 0.02
     batch_tokens: int = 10000
 
     def __post_init__(self) -> None:
@@ -39,10 +40,11 @@ class Batching:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"batching.{name} must be a positive integer, got {value!r}")
-        timeout = self.batch_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-            raise ConfigError("batching.batch_timeout must be a number of seconds >= 0, got "
-                              f"{timeout!r}")
+        for name in ("batch_timeout", "batch_gap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"batching.{name} must be a number of seconds >= 0, got "
+                                  f"{value!r}")
 
 
 def model_summary(translator: Translator, checkpoints: list[str]) -> dict[str, Any]:
@@ -71,8 +73,13 @@ def run(cfg: Any) -> None:
     host, port = str(cfg.host), cfg.port
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError(f"port must be a number from 1 to 65535, got {port!r}")
+    if isinstance(cfg.processes, bool) or not isinstance(cfg.processes, int) or cfg.processes < 1:
+        raise ConfigError(f"processes must be a positive integer, got {cfg.processes!r}")
     if not isinstance(cfg.timeout, int | float) or cfg.timeout <= 0:
         raise ConfigError(f"timeout must be a number of seconds > 0, got {cfg.timeout!r}")
+    if batching.batch_timeout >= cfg.timeout:
+        raise ConfigError(f"batching.batch_timeout ({batching.batch_timeout} s) must be less "
+                          f"than timeout ({cfg.timeout} s), the longest a request may wait")
     listen_socket(host, port).close()  # a port in use: said now, not after loading models
     device = resolve_device(cfg.device)
     checkpoints = as_list(cfg.checkpoint)
@@ -88,9 +95,10 @@ def run(cfg: Any) -> None:
                             "model": model_summary(translator, checkpoints)}
     del translator
     settings = ModelSettings(checkpoints[0] if len(checkpoints) == 1 else checkpoints, device,
-                             cfg.max_src_len, cfg.workers, batching.batch_tokens)
+                             cfg.max_src_len, cfg.workers, cfg.processes,
+                             batching.batch_tokens)
     apis: list[Any] = [TranslateAPI(settings, decoding, limits, batching.max_batch_size,
-                                    batching.batch_timeout)]
+                                    batching.batch_timeout, batching.batch_gap)]
     checks: dict[str, Check] = {"/translate": lambda body: parse_translate(body, limits, decoding,
                                                          cfg.max_src_len)}
     if cfg.caption_checkpoint is not None:
@@ -104,7 +112,9 @@ def run(cfg: Any) -> None:
         del captioner
         apis.append(CaptionAPI(caption_path, device, caption_decoding, limits))
         checks["/caption"] = lambda body: parse_caption(body, limits, caption_decoding, cells)
+    # LitServe's accelerator only names the device it hands setup(); ours is in settings.
     server = NMTServer(apis, accelerator="cpu", timeout=cfg.timeout,
+                       workers_per_device=[cfg.processes] + [1] * (len(apis) - 1),
                        middlewares=[(Gate, {"max_body_bytes": limits.max_body_bytes,
                                             "checks": checks})])
     static_dir = Path(cfg.static_dir) if cfg.static_dir else STATIC_DIR
