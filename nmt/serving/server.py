@@ -20,7 +20,7 @@ from nmt.errors import ConfigError
 from nmt.serving.api import CaptionAPI, ModelSettings, TranslateAPI
 from nmt.serving.app import STATIC_DIR, Check, Gate, NMTServer, listen_socket
 from nmt.serving.requests import Limits, parse_caption, parse_translate
-from nmt.translate import as_list, resolve_device
+from nmt.translate import as_list, resolve_device, resolve_workers
 from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -82,19 +82,22 @@ def run(cfg: Any) -> None:
                           f"than timeout ({cfg.timeout} s), the longest a request may wait")
     listen_socket(host, port).close()  # a port in use: said now, not after loading models
     device = resolve_device(cfg.device)
+    resolve_workers(cfg.workers, device)  # a bad value: one line here, not in the worker
     checkpoints = as_list(cfg.checkpoint)
     if not checkpoints:
         raise ConfigError("checkpoint: an empty list; give one checkpoint or several")
+    # One path as a string (an exported model's folder is one), several as a list.
+    source: str | list[str] = checkpoints[0] if len(checkpoints) == 1 else checkpoints
     # Loaded here once so that a missing or broken model is one line now; the inference
     # worker loads its own copy.
-    translator = Translator.from_checkpoint(checkpoints, "cpu", cfg.max_src_len)
+    translator = Translator.from_checkpoint(source, "cpu", cfg.max_src_len)
     info: dict[str, Any] = {"translate": True, "caption": cfg.caption_checkpoint is not None,
                             "limits": dataclasses.asdict(limits),
                             "batching": dataclasses.asdict(batching),
                             "decoding": dataclasses.asdict(decoding),
                             "model": model_summary(translator, checkpoints)}
     del translator
-    settings = ModelSettings(checkpoints[0] if len(checkpoints) == 1 else checkpoints, device,
+    settings = ModelSettings(source, device,
                              cfg.max_src_len, cfg.workers, cfg.processes,
                              batching.batch_tokens)
     apis: list[Any] = [TranslateAPI(settings, decoding, limits, batching.max_batch_size,
