@@ -1,6 +1,6 @@
 """Command-line entry points: compose a Hydra config, call one function, report user errors.
 
-The root scripts (train.py, translate.py, evaluate.py, caption.py, average.py) and the
+The root scripts (train.py, translate.py, evaluate.py, caption.py, average.py, serve.py) and the
 console scripts in pyproject.toml all land here.
 """
 
@@ -159,6 +159,19 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+@report_errors
+def serve(cfg: DictConfig) -> None:
+    """Serve a model over HTTP until SIGTERM or SIGINT (conf/serve.yaml, docs/serving.md)."""
+    _log_to_stderr()
+    from nmt.serving.server import run
+
+    run(cfg)
+
+
+def serve_main() -> None:
+    run_hydra("serve", serve)
+
+
 def caption_main() -> None:
     run_hydra("caption", caption)
 
@@ -186,7 +199,7 @@ def export_main() -> None:
 if __name__ == "__main__":
     commands = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
                 "evaluate": evaluate_main, "caption": caption_main, "average": average_main,
-                "export": export_main}
+                "export": export_main, "serve": serve_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
     name = sys.argv.pop(1)
