@@ -96,6 +96,8 @@ class GatheringLoop(BatchedLoop):
                 item = request_queue.get(timeout=wait) if wait > 0 else request_queue.get_nowait()
             except Empty:
                 break  # none in a second (LitServe's loop comes round again) or none more
+            except (EOFError, OSError):  # the queue's manager process is gone: shutting down
+                raise _StopLoopError() from None
             if item == _SENTINEL_VALUE:
                 raise _StopLoopError()
             queue_id, uid, timestamp, request = item
