@@ -16,24 +16,16 @@ version this toolkit does not read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from nmt.data.catalog import sha256_file as sha256
 from nmt.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 FORMATS = ("onnx", "int8")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any], files: list[str]
