@@ -137,26 +137,29 @@ def caption(cfg: DictConfig) -> dict[str, int]:
     return run(cfg)
 
 
-@report_errors
-def average(cfg: DictConfig) -> dict[str, Any]:
-    """Average the weights of checkpoints into one (conf/average.yaml); print a JSON summary."""
+def _print_summary(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig
+                   ) -> dict[str, Any]:
+    """Log to stderr, run a command that returns a summary, print it as JSON on stdout."""
     _log_to_stderr()
-    from nmt.average import run
-
     summary = run(cfg)
     print(json.dumps(summary, indent=1))
     return summary
+
+
+@report_errors
+def average(cfg: DictConfig) -> dict[str, Any]:
+    """Average the weights of checkpoints into one (conf/average.yaml); print a JSON summary."""
+    from nmt.average import run
+
+    return _print_summary(run, cfg)
 
 
 @report_errors
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export a checkpoint to ONNX or int8 (conf/export.yaml); print a JSON summary."""
-    _log_to_stderr()
     from nmt.export.exporter import run
 
-    summary = run(cfg)
-    print(json.dumps(summary, indent=1))
-    return summary
+    return _print_summary(run, cfg)
 
 
 @report_errors

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import sacrebleu
 import torch
-from conftest import files_config, toy_pairs, write_side
+from conftest import toy_pairs, write_side
 from hydra import compose, initialize_config_dir
-from train_helpers import ROOT, compose_train, toy_overrides
+from train_helpers import ROOT, train_toy_model
 
 from nmt.data.tokenizer import EOS_ID, PAD_ID
 from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
@@ -98,14 +98,7 @@ def test_onnx_graphs_equal_the_model(arch, tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(toy_dir, tmp_path_factory) -> Path:
     """A tiny model trained a few epochs on the toy corpus (LSTM, input feeding)."""
-    from nmt.train import train
-
-    tmp = tmp_path_factory.mktemp("trained")
-    cfg = compose_train([*toy_overrides(files_config(toy_dir, tmp / "cache"), tmp / "run"),
-                         "trainer.max_epochs=4", "test_after_training=false",
-                         "optim.lr=0.01"])
-    train(cfg)
-    return tmp / "run" / "checkpoints" / "last.ckpt"
+    return train_toy_model(toy_dir, tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import MULTI30K_TESTS, fake_multi30k_tests, files_config, toy_pairs, write_side
 from omegaconf import OmegaConf
-from train_helpers import ROOT, compose_train, toy_overrides
+from train_helpers import ROOT, train_toy_model
 
 from nmt.decoding import Decoding, load_checkpoint
 from nmt.errors import CheckpointError, ConfigError
@@ -24,14 +24,7 @@ from nmt.translator import Translator, length_batches
 @pytest.fixture(scope="module")
 def checkpoint(toy_dir, tmp_path_factory) -> Path:
     """A tiny model trained for a few epochs on the toy corpus (last.ckpt)."""
-    from nmt.train import train
-
-    tmp = tmp_path_factory.mktemp("trained")
-    cfg = compose_train([*toy_overrides(files_config(toy_dir, tmp / "cache"), tmp / "run"),
-                         "trainer.max_epochs=4", "test_after_training=false",
-                         "optim.lr=0.01"])
-    train(cfg)
-    return tmp / "run" / "checkpoints" / "last.ckpt"
+    return train_toy_model(toy_dir, tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture(scope="module")

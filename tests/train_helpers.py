@@ -65,6 +65,18 @@ class Crash(L.Callback):
             raise RuntimeError("simulated crash")
 
 
+def train_toy_model(toy_dir: Path, tmp: Path) -> Path:
+    """A tiny LSTM trained 4 epochs on the toy corpus under ``tmp``: its last.ckpt."""
+    from conftest import files_config
+
+    from nmt.train import train
+
+    train(compose_train([*toy_overrides(files_config(toy_dir, tmp / "cache"), tmp / "run"),
+                         "trainer.max_epochs=4", "test_after_training=false",
+                         "optim.lr=0.01"]))
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
 def fit_recorded(cfg, crash_at: int | None = None, callbacks: list[L.Callback] | None = None
                  ) -> tuple[IndexRecorder, L.Trainer]:
     from nmt.train import build, resolve_ckpt_path, run_dir_of
