@@ -7,11 +7,13 @@ Without a checkpoint, the script first trains the default recipe briefly itself
 (--train-steps). It then translates the test set greedily and with beam 5 in
 token-budget batches, and with beam 5 one sentence at a time (the first
 --unbatched sentences), all in the same run, and checks that batched and
-unbatched beam search agree. On the CPU it also times one batch at a time
-(workers=1), counts the FLOPs that decoding takes per sentence and measures
-this machine's own float32 matmul speed, which bounds what any decoder of this
-model can reach here. The last line printed is one JSON object (keys are
-compared from run to run: keep them).
+unbatched beam search agree. It times beam 5 with the lexical shortlist
+(nmt/shortlist.py; built from the training pairs when the checkpoint carries
+no table) against beam 5 without it, with the BLEU of both. On the CPU it
+also times one batch at a time (workers=1), counts the FLOPs that decoding
+takes per sentence and measures this machine's own float32 matmul speed,
+which bounds what any decoder of this model can reach here. The last line
+printed is one JSON object (keys are compared from run to run: keep them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +41,15 @@ from omegaconf import OmegaConf  # noqa: E402
 from nmt.data.catalog import fetch_split  # noqa: E402
 from nmt.data.corpus import read_lines  # noqa: E402
 from nmt.decoding import Decoding  # noqa: E402
+from nmt.metrics import corpus_scores  # noqa: E402
+from nmt.shortlist import from_lines  # noqa: E402
 from nmt.translate import resolve_workers  # noqa: E402
-from nmt.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
+from nmt.translator import (  # noqa: E402
+    DEFAULT_BATCH_TOKENS,
+    Translator,
+    length_batches,
+    pad_sources,
+)
 
 THREADS = torch.get_num_threads()  # all of them, before any sharing
 
@@ -71,13 +81,50 @@ def batches_at_once(translator: Translator, workers: int | None) -> Iterator[Non
 
 
 def sentences_per_s(translator: Translator, sources: list[str], beam: int, batch_tokens: int,
-                    workers: int | None = None) -> tuple[list[str], float]:
+                    workers: int | None = None, shortlist: bool = False
+                    ) -> tuple[list[str], float]:
     """Translations and their speed, with ``workers`` batches at a time (None: default)."""
     with batches_at_once(translator, workers):
         start = time.perf_counter()
-        out = translator.translate_text(sources, Decoding(beam_size=beam),
+        out = translator.translate_text(sources, Decoding(beam_size=beam, shortlist=shortlist),
                                         batch_tokens=batch_tokens)
         return out, round(len(sources) / (time.perf_counter() - start), 1)
+
+
+def shortlist_result(translator: Translator, sources: list[str], references: list[str],
+                     train: tuple[list[str], list[str]], batch_tokens: int) -> dict:
+    """Beam 5 with and without the lexical shortlist: speed ratio (two rounds each,
+    alternating, so that a drifting load weighs on both) and BLEU on the same lines."""
+    out: dict = {}
+    if translator.shortlist is None:  # a checkpoint from before tables: built here
+        translator.shortlist = from_lines(*train, translator.src_tokenizer,
+                                          translator.tgt_tokenizer).to(translator.device)
+        out["shortlist_built_by_bench"] = True
+    seconds = {False: 0.0, True: 0.0}
+    texts = {}
+    for _ in range(2):
+        for cut in (False, True):
+            texts[cut], speed = sentences_per_s(translator, sources, 5, batch_tokens,
+                                                shortlist=cut)
+            seconds[cut] += len(sources) / speed
+    bleu = {cut: corpus_scores(texts[cut], references, ("bleu",))["bleu"] for cut in texts}
+    lengths = np.array([len(ids) + 1 for ids in translator.src_tokenizer.encode(sources)])
+    sizes, own = [], []  # candidates per batch (the output layer's width); per sentence
+    for batch in length_batches(lengths, batch_tokens // 5):
+        src, _ = pad_sources(translator.src_tokenizer.encode([sources[i] for i in batch]),
+                             translator.device)
+        ids, allowed = translator.shortlist.candidates(src)
+        sizes.append(ids.numel())
+        own.extend(allowed.sum(1).tolist())
+    out.update({
+        "shortlist_speedup": round(seconds[False] / seconds[True], 2),
+        "shortlist_bleu_delta": round(abs(bleu[True] - bleu[False]), 2),
+        "beam5_bleu": bleu[False], "shortlist_beam5_bleu": bleu[True],
+        "shortlist_beam5_sentences_per_s": round(2 * len(sources) / seconds[True], 1),
+        "shortlist_mean_candidates": round(float(np.mean(sizes)), 1),
+        "shortlist_mean_sentence_candidates": round(float(np.mean(own)), 1),
+        "tgt_vocab_size": translator.tgt_tokenizer.vocab_size})
+    return out
 
 
 def mflop_per_sentence(translator: Translator, sources: list[str], beam: int,
@@ -104,7 +151,9 @@ def main() -> None:
         data = OmegaConf.to_container(compose(config_name="train").data, resolve=True)
     files = fetch_split("multi30k", "test_2016_flickr", "en", "de", data["root"],
                         data["local_dir"])
-    sources = list(read_lines(files.src))
+    sources, references = list(read_lines(files.src)), list(read_lines(files.tgt))
+    train_files = fetch_split("multi30k", "train", "en", "de", data["root"], data["local_dir"])
+    train = (list(read_lines(train_files.src)), list(read_lines(train_files.tgt)))
     tokens = args.batch_tokens
     cpu = args.device == "cpu"
 
@@ -124,6 +173,7 @@ def main() -> None:
         single = [translator.translate_text([s], beam5)[0] for s in subset]
         result["beam5_unbatched_sentences_per_s"] = round(
             len(subset) / (time.perf_counter() - start), 1)
+        result.update(shortlist_result(translator, sources, references, train, tokens))
         if cpu:
             _, result["greedy_workers1_sentences_per_s"] = sentences_per_s(
                 translator, sources, 1, tokens, workers=1)

@@ -163,6 +163,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 
 @report_errors
+def shortlist(cfg: DictConfig) -> dict[str, Any]:
+    """Add a lexical shortlist table to a checkpoint (conf/shortlist.yaml); print a JSON
+    summary."""
+    from nmt.shortlist import run
+
+    return _print_summary(run, cfg)
+
+
+@report_errors
 def serve(cfg: DictConfig) -> None:
     """Serve a model over HTTP until SIGTERM or SIGINT (conf/serve.yaml, docs/serving.md)."""
     _log_to_stderr()
@@ -199,10 +208,14 @@ def export_main() -> None:
     run_hydra("export", export)
 
 
+def shortlist_main() -> None:
+    run_hydra("shortlist", shortlist)
+
+
 if __name__ == "__main__":
     commands = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
                 "evaluate": evaluate_main, "caption": caption_main, "average": average_main,
-                "export": export_main, "serve": serve_main}
+                "export": export_main, "serve": serve_main, "shortlist": shortlist_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
     name = sys.argv.pop(1)

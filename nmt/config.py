@@ -105,6 +105,15 @@ class CallbacksConfig:
 
 
 @dataclass
+class ShortlistConfig:
+    """The lexical shortlist table every checkpoint carries (nmt/shortlist.py)."""
+
+    enabled: bool = True
+    per_source: int = 30
+    frequent: int = 200
+
+
+@dataclass
 class TrainConfig:
     # data and model take the schema their config file names (schema_text, schema_rnn, ...):
     # text and image data, text and image encoders have different keys.
@@ -117,6 +126,7 @@ class TrainConfig:
     logger: dict[str, Any] = field(default_factory=dict)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    shortlist: ShortlistConfig = field(default_factory=ShortlistConfig)
     validation: DecodingConfig = field(  # type: ignore[valid-type]
         default_factory=DecodingConfig)
     test_decoding: DecodingConfig = field(  # type: ignore[valid-type]

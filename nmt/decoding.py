@@ -32,7 +32,9 @@ class Decoding:
     tokens, and at most ``max_len`` when it is set (None: no cap). ``max_len`` is for a
     source whose length says nothing about the output's, such as an image encoder's
     feature grid: the cap holds whatever the source length is. ``min_len`` forbids EOS
-    before that many tokens; the length limit wins over it.
+    before that many tokens; the length limit wins over it. ``shortlist`` scores only the
+    target pieces that the checkpoint's lexical shortlist table allows for the batch's
+    source pieces (nmt/shortlist.py; scores are then normalised over those pieces).
     """
 
     beam_size: int = 5
@@ -46,6 +48,7 @@ class Decoding:
     temperature: float = 1.0
     top_k: int = 0
     seed: int = 1
+    shortlist: bool = False
 
     def __post_init__(self) -> None:
         problems = _type_problems(self) or _value_problems(self)

@@ -55,8 +55,14 @@ class Ensemble(nn.Module):
     def step(self, prev_tokens: torch.Tensor, state: tuple[Any, ...], enc: tuple[Any, ...]
              ) -> tuple[torch.Tensor, tuple[Any, ...], torch.Tensor | None]:
         """(B,) -> mean log-probs (B, V) (a lone member: its logits), states, mean attention."""
-        outs = [m.step(prev_tokens, s, e)
-                for m, s, e in zip(self.models, state, enc, strict=True)]
+        return self.combine([m.step(prev_tokens, s, e)
+                             for m, s, e in zip(self.models, state, enc, strict=True)])
+
+    @staticmethod
+    def combine(outs: list[tuple[torch.Tensor, Any, torch.Tensor | None]]
+                ) -> tuple[torch.Tensor, tuple[Any, ...], torch.Tensor | None]:
+        """The members' steps as one: mean log-probs (a lone member: its logits), their
+        states, mean attention."""
         states = tuple(new_state for _, new_state, _ in outs)
         if len(outs) == 1:
             logits, _, attn = outs[0]

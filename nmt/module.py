@@ -68,6 +68,7 @@ class TranslationModule(L.LightningModule):
         self.scorer: Scorer = scorer or translation_scores
         self.src_spm: bytes | None = None
         self.tgt_spm: bytes | None = None
+        self.shortlist: dict[str, torch.Tensor] | None = None  # nmt/shortlist.py's table
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
         self._val_sums = torch.zeros(3)  # loss, nll, tokens
         self._partial_noted = False
@@ -88,12 +89,15 @@ class TranslationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokenizers"] = {"src": self.src_spm, "tgt": self.tgt_spm}
+        if self.shortlist is not None:
+            checkpoint["shortlist"] = self.shortlist
         checkpoint["model_record"] = model_record(self.model)  # rebuilt with no config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade_checkpoint(checkpoint, self.model)  # one from before model records: resumable
         tokenizers = checkpoint.get("tokenizers") or {}
         self.src_spm, self.tgt_spm = tokenizers.get("src"), tokenizers.get("tgt")
+        self.shortlist = checkpoint.get("shortlist")
 
     # -- training ------------------------------------------------------------------------
 

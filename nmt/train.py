@@ -33,6 +33,7 @@ from nmt.checkpointing import BEST, LAST, RECENT, AtomicCheckpointIO, ResumableC
 from nmt.config import TASKS
 from nmt.data.captioning import ImageSettings
 from nmt.data.datamodule import CaptionDataModule, NMTDataModule
+from nmt.data.dataset import ParallelDataset
 from nmt.decoding import load_checkpoint
 from nmt.errors import CheckpointError, ConfigError
 from nmt.loggers import ContinuedCSVLogger, read_rows
@@ -40,6 +41,7 @@ from nmt.metrics import MONITORS, caption_scores, signatures
 from nmt.model.image_encoder import ImageEncoder
 from nmt.module import EVAL_METRICS, TranslationModule
 from nmt.optim import check_optim, follows_metric
+from nmt.shortlist import build as build_shortlist
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,13 @@ def build_translation(cfg: DictConfig) -> tuple[NMTDataModule, TranslationModule
     module = make_module(cfg, prepared.src_tokenizer.vocab_size,
                          prepared.tgt_tokenizer.vocab_size, references=dm.references)
     module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
+    if cfg.shortlist.enabled:  # the table decoding.shortlist uses (seconds to build)
+        pairs = dm.dataset("train")
+        assert isinstance(pairs, ParallelDataset)
+        module.shortlist = build_shortlist(
+            (pairs.src_ids, pairs.src_offsets), (pairs.tgt_ids, pairs.tgt_offsets),
+            prepared.src_tokenizer.vocab_size, prepared.tgt_tokenizer.vocab_size,
+            cfg.shortlist.per_source, cfg.shortlist.frequent).state()
     return dm, module
 
 

@@ -42,6 +42,7 @@ from nmt.ensemble import Ensemble, check_compatible
 from nmt.errors import CheckpointError, ConfigError, TokenizerError
 from nmt.model import Seq2Seq, model_from_checkpoint
 from nmt.search import Hypothesis, SearchModel, length_penalty, score_targets
+from nmt.shortlist import Shortlist, Shortlisted
 
 DEFAULT_MAX_SRC_LEN = 250
 DEFAULT_BATCH_TOKENS = 10000
@@ -112,6 +113,8 @@ class Translator:
         self.device = torch.device(device)
         self.max_src_len = max_src_len
         self.workers = workers if self.device.type == "cpu" else 1
+        self.shortlist: Shortlist | None = None  # decoding.shortlist's table (nmt/shortlist.py)
+        self.origin = "this model"  # what errors name
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | Sequence[str | os.PathLike],
@@ -147,7 +150,12 @@ class Translator:
             raise CheckpointError(f"{paths[0]}: the checkpoint does not fit this toolkit's "
                                   f"model ({str(e).splitlines()[0]})") from None
         model = models[0] if len(models) == 1 else Ensemble(models)
-        return cls(model, src, tgt, device, max_src_len, workers)
+        translator = cls(model, src, tgt, device, max_src_len, workers)
+        if ckpts[0].get("shortlist") is not None:  # ensemble members share the vocabularies
+            translator.shortlist = Shortlist.from_state(
+                ckpts[0]["shortlist"], src.vocab_size, tgt.vocab_size, paths[0]).to(device)
+        translator.origin = paths[0]
+        return translator
 
     # -- translation ---------------------------------------------------------------------
 
@@ -244,10 +252,18 @@ class Translator:
         generator = (torch.Generator(device=self.device).manual_seed(decoding.seed)
                      if decoding.sampling else None)
 
+        if decoding.shortlist and self.shortlist is None:
+            raise ConfigError(f"decoding.shortlist: {self.origin} carries no shortlist table; "
+                              "add one with `python -m nmt.cli shortlist checkpoint=...`")
+
         def run(batch: np.ndarray) -> tuple[np.ndarray, list[list[Hypothesis]]]:
             src, src_lengths = pad_sources([ids[j] for j in batch], self.device)
-            return batch, decode(self.model, SourceBatch(src, src_lengths), decoding, attention,
-                                 generator)
+            source = SourceBatch(src, src_lengths)
+            if not decoding.shortlist:
+                return batch, decode(self.model, source, decoding, attention, generator)
+            assert self.shortlist is not None
+            model = Shortlisted(self.model, *self.shortlist.candidates(src))
+            return batch, model.to_ids(decode(model, source, decoding, attention, generator))
 
         # Sampling draws from one generator: one batch at a time, in a fixed order.
         workers = 1 if decoding.sampling else self.workers

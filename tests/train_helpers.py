@@ -66,14 +66,17 @@ class Crash(L.Callback):
 
 
 def train_toy_model(toy_dir: Path, tmp: Path) -> Path:
-    """A tiny LSTM trained 4 epochs on the toy corpus under ``tmp``: its last.ckpt."""
+    """A tiny LSTM trained 4 epochs on the toy corpus under ``tmp``: its last.ckpt (with
+    a shortlist table of 4 target pieces per source piece and the 8 most frequent)."""
     from conftest import files_config
 
     from nmt.train import train
 
     train(compose_train([*toy_overrides(files_config(toy_dir, tmp / "cache"), tmp / "run"),
                          "trainer.max_epochs=4", "test_after_training=false",
-                         "optim.lr=0.01"]))
+                         "optim.lr=0.01",
+                         # a shortlist table that leaves out part of the 64 pieces
+                         "shortlist.per_source=4", "shortlist.frequent=8"]))
     return tmp / "run" / "checkpoints" / "last.ckpt"
 
 

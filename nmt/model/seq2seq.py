@@ -13,9 +13,11 @@ Models are built by nmt.model.registry.build_model, which picks the encoder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmt.model.cells import State, map_state
@@ -129,9 +131,26 @@ class Seq2Seq(nn.Module):
     def step(self, prev_tokens: torch.Tensor, state: DecoderState, enc: EncoderOutput
              ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
         """prev_tokens (B,) -> logits (B, V), new state, attention (B, S) or None."""
-        emb = self.emb_dropout(self.tgt_embed(prev_tokens))  # (B, E)
-        out, state, attn = self.decoder.step(emb, state, enc.keys, enc.memory, enc.mask)
+        out, state, attn = self.step_outputs(prev_tokens, state, enc)
         return self.logits(out), state, attn
+
+    def step_outputs(self, prev_tokens: torch.Tensor, state: DecoderState, enc: EncoderOutput
+                     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """``step`` without the output layer: decoder outputs (B, H) instead of logits."""
+        emb = self.emb_dropout(self.tgt_embed(prev_tokens))  # (B, E)
+        return self.decoder.step(emb, state, enc.keys, enc.memory, enc.mask)
+
+    def output_layer(self, ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``logits`` over the vocabulary columns ``ids`` (V',) alone: (..., H) -> (..., V')
+        (a lexical shortlist, nmt/shortlist.py)."""
+        weight = self.generator.weight.index_select(0, ids)  # once per batch
+        bias = None if self.generator.bias is None else self.generator.bias.index_select(0, ids)
+        pre = self.pre_output
+
+        def layer(outputs: torch.Tensor) -> torch.Tensor:
+            return F.linear(outputs if pre is None else pre(outputs), weight, bias)
+
+        return layer
 
     def forward_with_attention(self, src: torch.Tensor, src_lengths: torch.Tensor,
                                tgt_in: torch.Tensor, src_index: torch.Tensor | None = None

@@ -69,6 +69,8 @@ class DecodingFields(BaseModel):
     temperature: float = 1.0
     top_k: int = 0
     seed: int = 1
+    shortlist: bool = Field(False, description="score only the target pieces the model's "
+                                               "lexical shortlist allows for the source")
 
 
 class TranslateRequest(DecodingFields):

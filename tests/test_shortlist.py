@@ -1,0 +1,203 @@
+"""The lexical shortlist (nmt/shortlist.py): the table built from co-occurrence counts, a
+batch's candidates, search over the candidate columns (against search over the full
+vocabulary with every other column masked), checkpoints and the command that adds a
+table to one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import toy_pairs
+from test_ensemble import sources, tiny_model
+from test_translate import checkpoint, translator  # noqa: F401  (module fixtures)
+from train_helpers import ROOT
+
+from nmt.decoding import Decoding, decode, load_checkpoint
+from nmt.ensemble import Ensemble
+from nmt.errors import CheckpointError, ConfigError
+from nmt.shortlist import SPECIALS, Shortlist, Shortlisted, build
+from nmt.translator import Translator, pad_sources
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def corpus(pairs: list[tuple[list[int], list[int]]]) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                              tuple[np.ndarray, np.ndarray]]:
+    def side(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.cumsum([0] + [len(s) for s in seqs])
+        return np.array([i for s in seqs for i in s], dtype=np.int64), offsets
+
+    return side([s for s, _ in pairs]), side([t for _, t in pairs])
+
+
+def test_the_table_holds_each_source_piece_s_most_associated_target_pieces():
+    # 10 always comes with 20, 11 with 21; 30 is in every target sentence (frequent).
+    pairs = [([10, 5], [20, 30]), ([10, 6], [20, 30, 22]), ([11, 5], [21, 30]),
+             ([11, 10], [21, 20, 30]), ([12], [30])]
+    src, tgt = corpus(pairs)
+    table = build(src, tgt, src_vocab=16, tgt_vocab=40, per_source=2, frequent=1)
+    assert table.table.shape == (16, 2)
+    assert table.table[10, 0] == 20 and table.table[11, 0] == 21
+    assert table.table[12].tolist() == [30, -1]  # one target piece ever came with 12
+    assert (table.table[13] == -1).all()  # never seen
+    assert table.frequent.tolist() == [*range(SPECIALS), 30]
+    # A batch's candidates: sorted, the specials, the frequent pieces, its sources' rows;
+    # each sentence its own: the first has rows 10 and 12, the second none (13 unseen).
+    src_batch = torch.tensor([[10, 12, 3], [13, 3, 0]])
+    ids, allowed = table.candidates(src_batch)
+    first = {0, 1, 2, 3, 30, *table.table[10].tolist(), *table.table[12].tolist()} - {-1}
+    assert ids.tolist() == sorted(first)
+    assert set(ids[allowed[0]].tolist()) == first
+    assert ids[allowed[1]].tolist() == [0, 1, 2, 3, 30]
+
+
+def test_bad_settings_and_tables_are_refused():
+    src, tgt = corpus([([4], [5])])
+    with pytest.raises(ConfigError, match="per_source"):
+        build(src, tgt, 8, 8, per_source=0)
+    good = build(src, tgt, 8, 8).state()
+    assert Shortlist.from_state(good, 8, 8, "x.ckpt").table.shape[0] == 8
+    for state, src_vocab, tgt_vocab in [(good, 9, 8), (good, 8, 5), ({"table": 1}, 8, 8),
+                                        (None, 8, 8)]:
+        with pytest.raises(CheckpointError, match=r"x\.ckpt: its shortlist table"):
+            Shortlist.from_state(state, src_vocab, tgt_vocab, "x.ckpt")
+
+
+class Masked:
+    """A model whose logits outside ``ids`` are -inf: the full-vocabulary equivalent of
+    searching the columns ``ids`` alone."""
+
+    def __init__(self, model, ids: torch.Tensor) -> None:
+        self.model, self.ids = model, ids
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def step(self, prev, state, enc):
+        logits, state, attn = self.model.step(prev, state, enc)
+        masked = torch.full_like(logits, float("-inf"))
+        masked[:, self.ids] = logits[:, self.ids]
+        return masked, state, attn
+
+
+@pytest.mark.parametrize("decoding", [Decoding(beam_size=1), Decoding(beam_size=4, n_best=3),
+                                      Decoding(beam_size=3, alpha=1.0, min_len=2)])
+@pytest.mark.parametrize("members", [1, 2])
+def test_search_over_the_candidates_equals_search_with_the_rest_masked(decoding, members):
+    model = tiny_model(0) if members == 1 else Ensemble([tiny_model(0), tiny_model(1)])
+    batch = sources()
+    ids = torch.tensor([0, 1, 2, 3, 5, 8, 9, 13, 17])
+    cut = Shortlisted(model, ids)
+    got = cut.to_ids(decode(cut, batch, decoding, return_attention=True))
+    want = decode(Masked(model, ids), batch, decoding, return_attention=True)
+    for g, w in zip(got, want, strict=True):
+        assert [h.tokens for h in g] == [h.tokens for h in w]
+        assert all(set(h.tokens) <= set(ids.tolist()) for h in g)
+        assert [h.score for h in g] == pytest.approx([h.score for h in w], abs=1e-5)
+        assert all(torch.allclose(a.attention, b.attention) for a, b in zip(g, w, strict=True))
+    # Every column a candidate: the model itself, exactly.
+    every = Shortlisted(model, torch.arange(20))
+    assert every.to_ids(decode(every, batch, decoding)) == decode(model, batch, decoding)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_each_sentence_gets_what_it_gets_alone_with_its_own_candidates(members):
+    """With ``allowed``, a sentence searches its own candidates whatever its batch holds:
+    the batch's outputs equal each sentence decoded alone over its own columns."""
+    model = tiny_model(0) if members == 1 else Ensemble([tiny_model(0), tiny_model(1)])
+    batch = sources(3)
+    g = torch.Generator().manual_seed(0)
+    table = Shortlist(torch.randint(-1, 20, (20, 3), generator=g),
+                      torch.tensor([0, 1, 2, 3, 7]))
+    ids, allowed = table.candidates(batch.src)
+    decoding = Decoding(beam_size=3, n_best=2)
+    cut = Shortlisted(model, ids, allowed)
+    got = cut.to_ids(decode(cut, batch, decoding))
+    assert len({tuple(row.tolist()) for row in allowed}) > 1  # the sentences differ
+    for i, hyps in enumerate(got):
+        one = type(batch)(batch.src[i:i + 1, : int(batch.src_lengths[i])],
+                          batch.src_lengths[i:i + 1])
+        own, _ = table.candidates(one.src)
+        assert own.tolist() == ids[allowed[i]].tolist()
+        [want] = decode(Masked(model, own), one, decoding)
+        assert [h.tokens for h in hyps] == [h.tokens for h in want]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in want], abs=1e-5)
+
+
+def test_an_exported_style_model_without_output_layer_gets_the_same_result():
+    """A model without step_outputs/output_layer (an ONNX export): the full logits, then
+    the columns."""
+    model = tiny_model(2)
+    plain = SimpleNamespace(**{n: getattr(model, n) for n in (
+        "encode", "init_state", "step", "reorder_encoder", "reorder_state")})
+    ids = torch.tensor([0, 1, 2, 3, 4, 6, 7, 11, 19])
+    a, b = Shortlisted(model, ids), Shortlisted(plain, ids)
+    assert b.layers == [None]
+    decoding = Decoding(beam_size=3, n_best=2)
+    got, want = decode(b, sources(1), decoding), decode(a, sources(1), decoding)
+    for g, w in zip(got, want, strict=True):
+        assert [h.tokens for h in g] == [h.tokens for h in w]
+        assert [h.score for h in g] == pytest.approx([h.score for h in w], abs=1e-5)
+
+
+# --- checkpoints, the translator and the command ---------------------------------------------
+
+
+def toy_data(toy_dir: Path) -> list[str]:
+    """The toy corpus as data=files overrides (the command reads its train split only)."""
+    return ["data=files", "data.name=toy", "data.src_lang=en", "data.tgt_lang=de",
+            f"data.files.train.src={toy_dir / 'train.en.gz'}",
+            f"data.files.train.tgt={toy_dir / 'train.de.gz'}"]
+
+
+def test_training_writes_the_table_and_the_translator_uses_it(checkpoint, translator):  # noqa: F811
+    ckpt = load_checkpoint(checkpoint)  # trained with per_source=4, frequent=8
+    assert ckpt["shortlist"]["table"].shape == (translator.src_tokenizer.vocab_size, 4)
+    assert translator.shortlist is not None
+    sentences = [s for s, _ in toy_pairs(16, seed=3)]  # short: one batch
+    decoding = Decoding(beam_size=4, n_best=2, shortlist=True)
+    together = translator.translate(sentences, decoding)
+    src, _ = pad_sources(translator.src_tokenizer.encode(sentences), translator.device)
+    ids, _ = translator.shortlist.candidates(src)
+    assert len(ids) < translator.tgt_tokenizer.vocab_size
+    # A line gets the same translation in a batch as alone (its own candidates).
+    for sentence, t in zip(sentences, together, strict=True):
+        [alone] = translator.translate([sentence], decoding)
+        assert alone.texts == t.texts
+        assert [h.score for h in alone.hypotheses] == pytest.approx(
+            [h.score for h in t.hypotheses], abs=1e-5)
+
+
+def test_a_checkpoint_without_a_table_says_how_to_add_one(checkpoint, toy_dir, tmp_path):  # noqa: F811
+    bare = load_checkpoint(checkpoint)
+    del bare["shortlist"]
+    path = tmp_path / "bare.ckpt"
+    torch.save(bare, path)
+    plain = Translator.from_checkpoint(path)
+    assert plain.shortlist is None
+    with pytest.raises(ConfigError, match=r"bare\.ckpt carries no shortlist table.*nmt\.cli "
+                                          r"shortlist"):
+        plain.translate(["a b c"], Decoding(shortlist=True))
+    # The command adds one from the training corpus, with the checkpoint's tokenizers.
+    out = tmp_path / "with.ckpt"
+    result = subprocess.run(
+        [sys.executable, "-m", "nmt.cli", "shortlist", f"checkpoint={path}", f"output={out}",
+         *toy_data(toy_dir), "per_source=5"], cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["per_source"] == 5 and summary["pairs"] > 0
+    assert "shortlist" not in load_checkpoint(path)  # the input is left alone
+    assert Translator.from_checkpoint(out).shortlist.table.shape[1] == 5
+    missing = subprocess.run([sys.executable, "-m", "nmt.cli", "shortlist",
+                              f"checkpoint={tmp_path / 'nope.ckpt'}"], cwd=ROOT, text=True,
+                             capture_output=True, timeout=300)
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
