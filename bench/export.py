@@ -38,11 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from multi30k import split_lines  # noqa: E402
 
-from nmt.data.catalog import fetch_split  # noqa: E402
-from nmt.data.corpus import read_lines  # noqa: E402
 from nmt.decoding import Decoding  # noqa: E402
 from nmt.export.exporter import export_checkpoint  # noqa: E402
 from nmt.metrics import corpus_scores  # noqa: E402
@@ -89,11 +86,7 @@ def main() -> None:
                         help="also torch's dynamic quantization of the linear layers")
     args = parser.parse_args()
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        data = OmegaConf.to_container(compose(config_name="train").data, resolve=True)
-    files = fetch_split("multi30k", "test_2016_flickr", "en", "de", data["root"],
-                        data["local_dir"])
-    sources, refs = list(read_lines(files.src)), list(read_lines(files.tgt))
+    sources, refs = split_lines("test_2016_flickr")
     result: dict = {"machine": machine()}
     workers = resolve_workers(args.workers, "cpu")
     share_threads(workers)  # as translate.py: before the models, whose sessions take it

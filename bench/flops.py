@@ -59,9 +59,35 @@ def counting(module: nn.Module, rnn_passes: int = 1) -> Iterator[FlopCount]:
 
 def sgemm_gflop_per_s(n: int = 2048, k: int = 512, repeats: int = 10) -> float:
     """This machine's float32 matmul speed on a large product, for comparison."""
-    a, b = torch.randn(n, k), torch.randn(k, n)
+    return matmul_gflop_per_s("cpu", torch.float32, n, k, repeats)
+
+
+def matmul_gflop_per_s(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       n: int = 2048, k: int = 512, repeats: int = 10) -> float:
+    """A device's matmul speed on an (n x k) @ (k x n) product in ``dtype``, GFLOP/s: what
+    no model's step can beat there, measured in the same run as the model."""
+    device = torch.device(device)
+    a = torch.randn(n, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     a @ b
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    sync()
     return 2 * n * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+def ceiling(device: str | torch.device, dtype: torch.dtype = torch.float32
+            ) -> tuple[str, float]:
+    """The ceiling a bench compares with, and its GFLOP/s: float32 sgemm (2048 x 512) on a
+    CPU; on a GPU, the matmul peak of ``dtype`` on large (8192 x 8192) products."""
+    if torch.device(device).type == "cpu":
+        return "sgemm float32 2048x512x2048", sgemm_gflop_per_s()
+    name = str(dtype).removeprefix("torch.")
+    return f"matmul {name} 8192x8192x8192", matmul_gflop_per_s(device, dtype, 8192, 8192, 20)

@@ -41,11 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from multi30k import split_lines  # noqa: E402
 
-from nmt.data.catalog import fetch_split  # noqa: E402
-from nmt.data.corpus import read_lines  # noqa: E402
 from nmt.decoding import Decoding  # noqa: E402
 from nmt.translate import resolve_workers, share_threads  # noqa: E402
 from nmt.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
@@ -67,15 +64,6 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()}-core {cpu}, torch {torch.__version__}"
-
-
-def test_sources() -> list[str]:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        data = OmegaConf.to_container(compose(config_name="train").data, resolve=True)
-    assert isinstance(data, dict)
-    files = fetch_split("multi30k", "test_2016_flickr", "en", "de", data["root"],
-                        data["local_dir"])
-    return list(read_lines(files.src))
 
 
 def requests_of(lines: list[str], seed: int, most: int) -> list[tuple[int, list[str]]]:
@@ -192,7 +180,7 @@ def main() -> None:
                         help="a serve.py override, e.g. batching.batch_timeout=0.02")
     args = parser.parse_args()
 
-    lines = test_sources()
+    lines, _ = split_lines("test_2016_flickr")
     lines = lines[: args.sentences] if args.sentences else lines
     jobs = requests_of(lines, args.seed, args.max_lines)
     translator = offline_translator(args.checkpoint)

@@ -5,7 +5,9 @@
 
 Trains with Lightning (validation off) for warm-up + measured steps and times
 the measured ones. tokens_per_s counts real source and target tokens (EOS
-included, padding not). The last line printed is one JSON object (keys are
+included, padding not); achieved_over_ceiling is the achieved FLOP rate over the
+device's own matmul speed measured in the same run (sgemm on a CPU, the matmul
+peak of the training precision's dtype on a GPU). The last line printed is one JSON object (keys are
 compared from run to run: keep them).
 """
 
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 # isort: off
 import nmt  # noqa: E402, F401  (first: makes an installed torchvision importable for lightning)
 import lightning as L  # noqa: E402
-from flops import counting, sgemm_gflop_per_s  # noqa: E402
+from flops import ceiling, counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from nmt.data.tokenizer import PAD_ID  # noqa: E402
 from nmt.train import build  # noqa: E402
@@ -90,6 +92,13 @@ def main() -> None:
             flops += training_flops(module, batch)
             real += int(batch.src_lengths.sum()) + int((batch.tgt_out != PAD_ID).sum())
     m = cfg.model
+    achieved = flops / real * timer.real / timer.elapsed / 1e9
+    precision = str(cfg.trainer.precision)
+    dtype = (torch.bfloat16 if precision.startswith("bf16") else
+             torch.float16 if precision.startswith("16") else torch.float32)
+    device = next(module.parameters()).device
+    ceiling_name, ceiling_gflop = ceiling(device, dtype)
+    sgemm = ceiling_gflop if device.type == "cpu" else sgemm_gflop_per_s()  # measured once
     result = {
         "tokens_per_s": round(timer.real / timer.elapsed),
         "padded_fraction": round(1 - timer.real / timer.padded, 4),
@@ -104,8 +113,12 @@ def main() -> None:
                   "decoder": f"{m.decoder_hidden}x{m.decoder_layers}",
                   "input_feeding": m.input_feeding, "vocab": module.hparams.tgt_vocab_size},
         "mflop_per_token": round(flops / real / 1e6, 2),
-        "achieved_gflop_per_s": round(flops / real * timer.real / timer.elapsed / 1e9, 1),
-        "sgemm_gflop_per_s": round(sgemm_gflop_per_s(), 1),
+        "achieved_gflop_per_s": round(achieved, 1),
+        "sgemm_gflop_per_s": round(sgemm, 1),
+        # The ceiling of the device trained on, measured now: sgemm on a CPU, the matmul
+        # peak of the training precision's dtype on a GPU.
+        "ceiling": ceiling_name, "ceiling_gflop_per_s": round(ceiling_gflop, 1),
+        "achieved_over_ceiling": round(achieved / ceiling_gflop, 3),
         "max_tokens": cfg.batching.max_tokens,
         "threads": torch.get_num_threads(),
     }

@@ -34,12 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flops import counting, sgemm_gflop_per_s  # noqa: E402
+from flops import ceiling, counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from multi30k import split_lines  # noqa: E402
 
-from nmt.data.catalog import fetch_split  # noqa: E402
-from nmt.data.corpus import read_lines  # noqa: E402
 from nmt.decoding import Decoding  # noqa: E402
 from nmt.metrics import corpus_scores  # noqa: E402
 from nmt.shortlist import from_lines  # noqa: E402
@@ -109,20 +107,20 @@ def shortlist_result(translator: Translator, sources: list[str], references: lis
             seconds[cut] += len(sources) / speed
     bleu = {cut: corpus_scores(texts[cut], references, ("bleu",))["bleu"] for cut in texts}
     lengths = np.array([len(ids) + 1 for ids in translator.src_tokenizer.encode(sources)])
-    sizes, own = [], []  # candidates per batch (the output layer's width); per sentence
+    sizes, own = [], []  # the widest sentence's candidates per batch; each sentence's
     for batch in length_batches(lengths, batch_tokens // 5):
         src, _ = pad_sources(translator.src_tokenizer.encode([sources[i] for i in batch]),
                              translator.device)
-        ids, allowed = translator.shortlist.candidates(src)
-        sizes.append(ids.numel())
-        own.extend(allowed.sum(1).tolist())
+        _, valid = translator.shortlist.candidates(src)
+        sizes.append(valid.size(1))
+        own.extend(valid.sum(1).tolist())
     out.update({
         "shortlist_speedup": round(seconds[False] / seconds[True], 2),
         "shortlist_bleu_delta": round(abs(bleu[True] - bleu[False]), 2),
         "beam5_bleu": bleu[False], "shortlist_beam5_bleu": bleu[True],
         "shortlist_beam5_sentences_per_s": round(2 * len(sources) / seconds[True], 1),
-        "shortlist_mean_candidates": round(float(np.mean(sizes)), 1),
-        "shortlist_mean_sentence_candidates": round(float(np.mean(own)), 1),
+        "shortlist_mean_candidates": round(float(np.mean(own)), 1),
+        "shortlist_mean_batch_width": round(float(np.mean(sizes)), 1),
         "tgt_vocab_size": translator.tgt_tokenizer.vocab_size})
     return out
 
@@ -147,13 +145,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="batches at once on the CPU (default: 2)")
     args = parser.parse_args()
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        data = OmegaConf.to_container(compose(config_name="train").data, resolve=True)
-    files = fetch_split("multi30k", "test_2016_flickr", "en", "de", data["root"],
-                        data["local_dir"])
-    sources, references = list(read_lines(files.src)), list(read_lines(files.tgt))
-    train_files = fetch_split("multi30k", "train", "en", "de", data["root"], data["local_dir"])
-    train = (list(read_lines(train_files.src)), list(read_lines(train_files.tgt)))
+    sources, references = split_lines("test_2016_flickr")
+    train = split_lines("train")
     tokens = args.batch_tokens
     cpu = args.device == "cpu"
 
@@ -191,6 +184,10 @@ def main() -> None:
             for name in ("greedy", "beam5"):
                 result[f"{name}_sentences_per_s_at_sgemm_speed"] = round(
                     sgemm * 1e3 / result[f"{name}_mflop_per_sentence"], 1)
+                result[f"{name}_over_sgemm"] = round(result[f"{name}_gflop_per_s"] / sgemm, 3)
+        else:  # a GPU: its float32 matmul peak, measured now
+            result["ceiling"], peak = ceiling(args.device)
+            result["ceiling_gflop_per_s"] = round(peak, 1)
     result.update({
         "checkpoint": str(args.checkpoint or f"default recipe, {args.train_steps} steps"),
         "sentences": len(sources),

@@ -26,12 +26,20 @@ from nmt.data.captioning import ImageSettings
 from nmt.data.images import normalize, read_pixels, to_pixels
 from nmt.data.tokenizer import Tokenizer
 from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
-from nmt.errors import CheckpointError, DataError, TokenizerError
+from nmt.errors import CheckpointError, ConfigError, DataError, TokenizerError
 from nmt.model import Seq2Seq, model_from_checkpoint
 from nmt.model.image_encoder import ImageEncoder
 from nmt.translator import Candidate
 
 DEFAULT_DECODING = Decoding(beam_size=3, max_len=30)
+
+
+def no_shortlist(decoding: Decoding) -> Decoding:
+    """A lexical shortlist needs source pieces: captions have none."""
+    if decoding.shortlist:
+        raise ConfigError("decoding.shortlist: a captioning model has no source pieces to "
+                          "shortlist for; leave it false")
+    return decoding
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ class Captioner:
                 decoding: Decoding | None = None, *, attention: bool = False,
                 names: Sequence[str] | None = None) -> list[Caption]:
         """The captions of each image, in input order, ``batch_size`` images at a time."""
-        decoding = decoding or DEFAULT_DECODING
+        decoding = no_shortlist(decoding or DEFAULT_DECODING)
         names = list(names) if names is not None else [str(i) for i in range(len(images))]
         out: list[Caption] = []
         for start in range(0, len(images), self.batch_size):
@@ -134,7 +142,7 @@ class Captioner:
         """Caption image files as they come, ``batch_size`` at a time; a file that is not a
         readable image gives an ImageFailure in its place, never an exception. Attention
         (and pixels) are kept for the first ``attention_first`` images."""
-        decoding = decoding or DEFAULT_DECODING
+        decoding = no_shortlist(decoding or DEFAULT_DECODING)
         seen = 0
         chunk: list[str] = []
         for path in paths:

@@ -109,8 +109,8 @@ class ShortlistConfig:
     """The lexical shortlist table every checkpoint carries (nmt/shortlist.py)."""
 
     enabled: bool = True
-    per_source: int = 30
-    frequent: int = 200
+    per_source: int = 20
+    frequent: int = 100
 
 
 @dataclass

@@ -31,6 +31,7 @@ from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, train_se
 from nmt.decoding import Decoding
 from nmt.model import build_model
 from nmt.model.registry import model_record
+from nmt.shortlist import from_lines as shortlist_from_lines
 from nmt.translate import translate_file
 from nmt.translator import Translator, length_batches, pad_sources
 
@@ -79,7 +80,13 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.set_num_threads(threads)
     assert loss.item() < 0.5, "the toy model did not learn"
     path = tmp_path_factory.mktemp("translator") / "toy.ckpt"
-    return save_checkpoint(model.eval(), tokenizer.model_proto, tokenizer.model_proto, path)
+    save_checkpoint(model.eval(), tokenizer.model_proto, tokenizer.model_proto, path)
+    # A lexical shortlist table, as train.py writes (requests may ask for it).
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["shortlist"] = shortlist_from_lines([s for s, _ in pairs], [t for _, t in pairs],
+                                             tokenizer, tokenizer, 4, 8).state()
+    torch.save(ckpt, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +237,8 @@ def test_a_call_is_cut_into_batches_for_every_worker(checkpoint, beam):
 
 def test_concurrent_requests_get_what_the_translator_gives(server, translator):
     settings = [{}, {"beam_size": 1}, {"beam_size": 3, "n_best": 2}, {"attention": True},
-                {"beam_size": 4, "alpha": 1.0}, {"sampling": True, "seed": 3, "top_k": 4}]
+                {"beam_size": 4, "alpha": 1.0}, {"sampling": True, "seed": 3, "top_k": 4},
+                {"beam_size": 3, "shortlist": True}]
     requests = [{"text": SENTENCES[i % 20: i % 20 + 1 + i % 4] + [""] * (i % 3 == 0),
                  **settings[i % len(settings)]} for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
@@ -375,6 +383,7 @@ def test_caption_an_image(server, caption_checkpoint):
     ({"image": "data:image/png,abc"}, "a data: URL must be base64"),
     ({"image": "", "beam_size": 2}, "image: empty"),
     ({"picture": "abc"}, "picture: unknown key"),
+    ({"image": "aGVsbG8=", "shortlist": True}, "shortlist: this model has no lexical"),
 ])
 def test_bad_images_get_one_line_json_errors(server, body, message):
     status, answer = server.call("POST", "/caption", body)

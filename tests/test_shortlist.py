@@ -51,11 +51,11 @@ def test_the_table_holds_each_source_piece_s_most_associated_target_pieces():
     # A batch's candidates: sorted, the specials, the frequent pieces, its sources' rows;
     # each sentence its own: the first has rows 10 and 12, the second none (13 unseen).
     src_batch = torch.tensor([[10, 12, 3], [13, 3, 0]])
-    ids, allowed = table.candidates(src_batch)
+    own, valid = table.candidates(src_batch)
     first = {0, 1, 2, 3, 30, *table.table[10].tolist(), *table.table[12].tolist()} - {-1}
-    assert ids.tolist() == sorted(first)
-    assert set(ids[allowed[0]].tolist()) == first
-    assert ids[allowed[1]].tolist() == [0, 1, 2, 3, 30]
+    assert own[0][valid[0]].tolist() == sorted(first)
+    assert own[1][valid[1]].tolist() == [0, 1, 2, 3, 30]
+    assert own.shape == (2, len(first)) and valid.sum(1).tolist() == [len(first), 5]
 
 
 def test_bad_settings_and_tables_are_refused():
@@ -87,59 +87,55 @@ class Masked:
         return masked, state, attn
 
 
+def random_shortlist(seed: int) -> Shortlist:
+    g = torch.Generator().manual_seed(seed)
+    return Shortlist(torch.randint(-1, 20, (20, 3), generator=g), torch.tensor([0, 1, 2, 3, 7]),
+                     20)
+
+
 @pytest.mark.parametrize("decoding", [Decoding(beam_size=1), Decoding(beam_size=4, n_best=3),
                                       Decoding(beam_size=3, alpha=1.0, min_len=2)])
 @pytest.mark.parametrize("members", [1, 2])
-def test_search_over_the_candidates_equals_search_with_the_rest_masked(decoding, members):
-    model = tiny_model(0) if members == 1 else Ensemble([tiny_model(0), tiny_model(1)])
-    batch = sources()
-    ids = torch.tensor([0, 1, 2, 3, 5, 8, 9, 13, 17])
-    cut = Shortlisted(model, ids)
-    got = cut.to_ids(decode(cut, batch, decoding, return_attention=True))
-    want = decode(Masked(model, ids), batch, decoding, return_attention=True)
-    for g, w in zip(got, want, strict=True):
-        assert [h.tokens for h in g] == [h.tokens for h in w]
-        assert all(set(h.tokens) <= set(ids.tolist()) for h in g)
-        assert [h.score for h in g] == pytest.approx([h.score for h in w], abs=1e-5)
-        assert all(torch.allclose(a.attention, b.attention) for a, b in zip(g, w, strict=True))
-    # Every column a candidate: the model itself, exactly.
-    every = Shortlisted(model, torch.arange(20))
-    assert every.to_ids(decode(every, batch, decoding)) == decode(model, batch, decoding)
-
-
-@pytest.mark.parametrize("members", [1, 2])
-def test_each_sentence_gets_what_it_gets_alone_with_its_own_candidates(members):
-    """With ``allowed``, a sentence searches its own candidates whatever its batch holds:
-    the batch's outputs equal each sentence decoded alone over its own columns."""
+def test_each_sentence_is_searched_over_its_own_candidates(decoding, members):
+    """A batch's outputs equal each sentence decoded alone by the full model with every
+    column outside its candidates at -inf (greedy, beam, n-best, min_len; an ensemble)."""
     model = tiny_model(0) if members == 1 else Ensemble([tiny_model(0), tiny_model(1)])
     batch = sources(3)
-    g = torch.Generator().manual_seed(0)
-    table = Shortlist(torch.randint(-1, 20, (20, 3), generator=g),
-                      torch.tensor([0, 1, 2, 3, 7]))
-    ids, allowed = table.candidates(batch.src)
-    decoding = Decoding(beam_size=3, n_best=2)
-    cut = Shortlisted(model, ids, allowed)
-    got = cut.to_ids(decode(cut, batch, decoding))
-    assert len({tuple(row.tolist()) for row in allowed}) > 1  # the sentences differ
+    table = random_shortlist(0)
+    own, valid = table.candidates(batch.src)
+    assert len({tuple(row[ok].tolist()) for row, ok in zip(own, valid, strict=True)}) > 1
+    cut = Shortlisted(model, own, valid)
+    got = cut.to_ids(decode(cut, batch, decoding, return_attention=True))
     for i, hyps in enumerate(got):
         one = type(batch)(batch.src[i:i + 1, : int(batch.src_lengths[i])],
                           batch.src_lengths[i:i + 1])
-        own, _ = table.candidates(one.src)
-        assert own.tolist() == ids[allowed[i]].tolist()
-        [want] = decode(Masked(model, own), one, decoding)
+        [want] = decode(Masked(model, own[i][valid[i]]), one, decoding, return_attention=True)
         assert [h.tokens for h in hyps] == [h.tokens for h in want]
+        assert all(set(h.tokens) <= set(own[i][valid[i]].tolist()) for h in hyps)
         assert [h.score for h in hyps] == pytest.approx([h.score for h in want], abs=1e-5)
+        assert all(torch.allclose(a.attention, b.attention, atol=1e-6)
+                   for a, b in zip(hyps, want, strict=True))
 
 
-def test_an_exported_style_model_without_output_layer_gets_the_same_result():
-    """A model without step_outputs/output_layer (an ONNX export): the full logits, then
-    the columns."""
+@pytest.mark.parametrize("decoding", [Decoding(beam_size=1), Decoding(beam_size=4, n_best=2)])
+def test_every_column_a_candidate_is_the_model_itself(decoding):
+    model, batch = tiny_model(0), sources()
+    every = torch.arange(20).expand(batch.src.size(0), 20)
+    cut = Shortlisted(model, every, torch.ones(every.shape, dtype=torch.bool))
+    got, want = cut.to_ids(decode(cut, batch, decoding)), decode(model, batch, decoding)
+    for g, w in zip(got, want, strict=True):
+        assert [h.tokens for h in g] == [h.tokens for h in w]
+        assert [h.score for h in g] == pytest.approx([h.score for h in w], abs=1e-5)
+
+
+def test_an_exported_style_model_without_output_rows_gets_the_same_result():
+    """A model without step_outputs/output_rows (an ONNX export): the full logits, then
+    each row's columns."""
     model = tiny_model(2)
     plain = SimpleNamespace(**{n: getattr(model, n) for n in (
         "encode", "init_state", "step", "reorder_encoder", "reorder_state")})
-    ids = torch.tensor([0, 1, 2, 3, 4, 6, 7, 11, 19])
-    a, b = Shortlisted(model, ids), Shortlisted(plain, ids)
-    assert b.layers == [None]
+    own, valid = random_shortlist(1).candidates(sources(1).src)
+    a, b = Shortlisted(model, own, valid), Shortlisted(plain, own, valid)
     decoding = Decoding(beam_size=3, n_best=2)
     got, want = decode(b, sources(1), decoding), decode(a, sources(1), decoding)
     for g, w in zip(got, want, strict=True):
@@ -165,8 +161,8 @@ def test_training_writes_the_table_and_the_translator_uses_it(checkpoint, transl
     decoding = Decoding(beam_size=4, n_best=2, shortlist=True)
     together = translator.translate(sentences, decoding)
     src, _ = pad_sources(translator.src_tokenizer.encode(sentences), translator.device)
-    ids, _ = translator.shortlist.candidates(src)
-    assert len(ids) < translator.tgt_tokenizer.vocab_size
+    _, valid = translator.shortlist.candidates(src)
+    assert int(valid.sum(1).max()) < translator.tgt_tokenizer.vocab_size
     # A line gets the same translation in a batch as alone (its own candidates).
     for sentence, t in zip(sentences, together, strict=True):
         [alone] = translator.translate([sentence], decoding)

@@ -13,11 +13,9 @@ Models are built by nmt.model.registry.build_model, which picks the encoder.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nmt.model.cells import State, map_state
@@ -124,9 +122,7 @@ class Seq2Seq(nn.Module):
 
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
         """Decoder outputs (..., H) -> vocabulary logits (..., V)."""
-        if self.pre_output is not None:
-            outputs = self.pre_output(outputs)
-        return self.generator(outputs)
+        return self.generator(self.pre_logits(outputs))
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState, enc: EncoderOutput
              ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
@@ -140,17 +136,16 @@ class Seq2Seq(nn.Module):
         emb = self.emb_dropout(self.tgt_embed(prev_tokens))  # (B, E)
         return self.decoder.step(emb, state, enc.keys, enc.memory, enc.mask)
 
-    def output_layer(self, ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``logits`` over the vocabulary columns ``ids`` (V',) alone: (..., H) -> (..., V')
-        (a lexical shortlist, nmt/shortlist.py)."""
-        weight = self.generator.weight.index_select(0, ids)  # once per batch
-        bias = None if self.generator.bias is None else self.generator.bias.index_select(0, ids)
-        pre = self.pre_output
+    def pre_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs (..., H) -> what the output layer's rows multiply (..., E)."""
+        return outputs if self.pre_output is None else self.pre_output(outputs)
 
-        def layer(outputs: torch.Tensor) -> torch.Tensor:
-            return F.linear(outputs if pre is None else pre(outputs), weight, bias)
-
-        return layer
+    def output_rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output layer's weights and biases for vocabulary ``ids`` (any shape ...):
+        (..., E) and (...) or None; ``logits`` restricted to them (nmt/shortlist.py)."""
+        flat, bias = ids.reshape(-1), self.generator.bias
+        weight = self.generator.weight.index_select(0, flat).view(*ids.shape, -1)
+        return weight, None if bias is None else bias.index_select(0, flat).view(ids.shape)
 
     def forward_with_attention(self, src: torch.Tensor, src_lengths: torch.Tensor,
                                tgt_in: torch.Tensor, src_index: torch.Tensor | None = None

@@ -203,7 +203,9 @@ class TranslateAPI(ls.LitAPI):
 
     def decode_request(self, request: TranslateRequest) -> Job:
         # Checked in the HTTP process already (nmt/serving/app.py): this cannot fail.
-        decoding = decoding_of(request, self.defaults, self.limits, self.model.max_src_len)
+        assert self.translator is not None, "setup() loads the translator"
+        decoding = decoding_of(request, self.defaults, self.limits, self.model.max_src_len,
+                               self.translator.shortlist is not None)
         return Job(list(request.text), decoding, request.attention)
 
     def batch(self, inputs: list[Job]) -> list[Job]:

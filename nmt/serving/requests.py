@@ -89,15 +89,18 @@ class CaptionRequest(DecodingFields):
 
 
 def decoding_of(request: DecodingFields, defaults: Decoding, limits: Limits,
-                max_src_len: int) -> Decoding:
+                max_src_len: int, shortlist: bool = False) -> Decoding:
     """The request's decoding keys over the server's ``defaults``, validated; refused
     (422) when Decoding refuses them or they pass the server's limits. ``max_src_len``:
-    the longest source (pieces, EOS not counted) an output length limit applies to."""
+    the longest source (pieces, EOS not counted) an output length limit applies to;
+    ``shortlist``: whether the model has a lexical shortlist table."""
     given = request.model_dump(include=set(DECODING_KEYS), exclude_unset=True)
     try:
         decoding = Decoding.from_dict(given, "request", **dataclasses.asdict(defaults))
     except ConfigError as e:
         raise RequestError(422, str(e)) from None
+    if decoding.shortlist and not shortlist:
+        raise RequestError(422, "shortlist: this model has no lexical shortlist table")
     if decoding.beam_size > limits.max_beam_size:
         raise RequestError(422, f"beam_size {decoding.beam_size} is over this server's limit "
                                 f"({limits.max_beam_size})")
@@ -114,8 +117,8 @@ def decoding_of(request: DecodingFields, defaults: Decoding, limits: Limits,
     return decoding
 
 
-def parse_translate(body: bytes, limits: Limits, defaults: Decoding, max_src_len: int
-                    ) -> tuple[TranslateRequest, Decoding]:
+def parse_translate(body: bytes, limits: Limits, defaults: Decoding, max_src_len: int,
+                    shortlist: bool = False) -> tuple[TranslateRequest, Decoding]:
     """A /translate body, checked: the request and its decoding settings."""
     request = _parse(TranslateRequest, body)
     if not request.text:
@@ -127,7 +130,7 @@ def parse_translate(body: bytes, limits: Limits, defaults: Decoding, max_src_len
         if len(line) > limits.max_chars:
             raise RequestError(422, f"text.{i}: {len(line)} characters; this server takes at "
                                     f"most {limits.max_chars} per line")
-    return request, decoding_of(request, defaults, limits, max_src_len)
+    return request, decoding_of(request, defaults, limits, max_src_len, shortlist)
 
 
 def parse_caption(body: bytes, limits: Limits, defaults: Decoding, max_src_len: int

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from nmt.captioner import Captioner
+from nmt.captioner import Captioner, no_shortlist
 from nmt.decoding import Decoding
 from nmt.errors import ConfigError
 from nmt.serving.api import CaptionAPI, ModelSettings, TranslateAPI
@@ -69,7 +69,8 @@ def run(cfg: Any) -> None:
     limits = Limits(**dict(cfg.limits))
     batching = Batching(**dict(cfg.batching))
     decoding = Decoding.from_dict(dict(cfg.decoding))
-    caption_decoding = Decoding.from_dict(dict(cfg.caption_decoding), "caption_decoding")
+    caption_decoding = no_shortlist(Decoding.from_dict(dict(cfg.caption_decoding),
+                                                       "caption_decoding"))
     host, port = str(cfg.host), cfg.port
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError(f"port must be a number from 1 to 65535, got {port!r}")
@@ -91,6 +92,10 @@ def run(cfg: Any) -> None:
     # Loaded here once so that a missing or broken model is one line now; the inference
     # worker loads its own copy.
     translator = Translator.from_checkpoint(source, "cpu", cfg.max_src_len)
+    shortlist = translator.shortlist is not None
+    if decoding.shortlist and not shortlist:
+        raise ConfigError(f"decoding.shortlist: {translator.origin} carries no shortlist "
+                          "table; add one with `python -m nmt.cli shortlist checkpoint=...`")
     info: dict[str, Any] = {"translate": True, "caption": cfg.caption_checkpoint is not None,
                             "limits": dataclasses.asdict(limits),
                             "batching": dataclasses.asdict(batching),
@@ -102,8 +107,8 @@ def run(cfg: Any) -> None:
                              batching.batch_tokens)
     apis: list[Any] = [TranslateAPI(settings, decoding, limits, batching.max_batch_size,
                                     batching.batch_timeout, batching.batch_gap)]
-    checks: dict[str, Check] = {"/translate": lambda body: parse_translate(body, limits, decoding,
-                                                         cfg.max_src_len)}
+    checks: dict[str, Check] = {"/translate": lambda body: parse_translate(
+        body, limits, decoding, cfg.max_src_len, shortlist)}
     if cfg.caption_checkpoint is not None:
         caption_path = str(cfg.caption_checkpoint)
         captioner = Captioner.from_checkpoint(caption_path, "cpu")
