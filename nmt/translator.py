@@ -134,7 +134,9 @@ class Translator:
             from nmt.export import load_exported
 
             exported, src, tgt = load_exported(paths[0], device)
-            return cls(exported, src, tgt, device, max_src_len, workers)
+            translator = cls(exported, src, tgt, device, max_src_len, workers)
+            translator.origin = paths[0]
+            return translator
         ckpts = [load_checkpoint(p, "cpu") for p in paths]
         for ckpt, p in zip(ckpts, paths, strict=True):
             if not ckpt["tokenizers"].get("src"):
@@ -253,8 +255,9 @@ class Translator:
                      if decoding.sampling else None)
 
         if decoding.shortlist and self.shortlist is None:
-            raise ConfigError(f"decoding.shortlist: {self.origin} carries no shortlist table; "
-                              "add one with `python -m nmt.cli shortlist checkpoint=...`")
+            raise ConfigError(f"decoding.shortlist: {self.origin} carries no shortlist table "
+                              "(exported models have none; add one to a checkpoint with "
+                              "`python -m nmt.cli shortlist checkpoint=...`)")
 
         def run(batch: np.ndarray) -> tuple[np.ndarray, list[list[Hypothesis]]]:
             src, src_lengths = pad_sources([ids[j] for j in batch], self.device)
