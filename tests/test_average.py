@@ -182,6 +182,8 @@ def test_average_is_the_elementwise_mean_in_the_newest_checkpoint(run):
         assert torch.equal(averaged["state_dict"][key], mean), key
     assert averaged["global_step"] == 12 and averaged["epoch"] == 3  # the newest's
     assert averaged["averaged_from"] == [str(b.resolve()), str(a.resolve())]
+    table = torch.load(b, weights_only=True)["shortlist"]  # the lexical shortlist goes along
+    assert all(torch.equal(averaged["shortlist"][k], table[k]) for k in table)
     assert not {"optimizer_states", "lr_schedulers", "loops", "callbacks"} & set(averaged)
 
 
