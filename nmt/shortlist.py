@@ -85,6 +85,13 @@ class Shortlist:
         return cls(table.long(), frequent.long(), tgt_vocab)
 
 
+def missing_table(where: str) -> ConfigError:
+    """The error for decoding.shortlist on a model without a table (translator, server)."""
+    return ConfigError(f"decoding.shortlist: {where} carries no shortlist table (exported "
+                       "models have none; add one to a checkpoint with `python -m nmt.cli "
+                       "shortlist checkpoint=...`)")
+
+
 def build(src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray],
           src_vocab: int, tgt_vocab: int, per_source: int = 20, frequent: int = 100
           ) -> Shortlist:
@@ -290,9 +297,7 @@ def from_lines(sources: list[str], targets: list[str], src_tokenizer: Tokenizer,
                tgt_tokenizer: Tokenizer, per_source: int = 20, frequent: int = 100
                ) -> Shortlist:
     """The table of parallel lines, encoded with the model's tokenizers."""
-    if len(sources) != len(targets):
-        raise ConfigError(f"shortlist: {len(sources)} source but {len(targets)} target lines")
-    sides = []
+    sides = []  # build() refuses sides of different lengths
     for tokenizer, lines in ((src_tokenizer, sources), (tgt_tokenizer, targets)):
         encoded = tokenizer.encode(lines)
         offsets = np.cumsum([0] + [len(seq) for seq in encoded])

@@ -42,7 +42,7 @@ from nmt.ensemble import Ensemble, check_compatible
 from nmt.errors import CheckpointError, ConfigError, TokenizerError
 from nmt.model import Seq2Seq, model_from_checkpoint
 from nmt.search import Hypothesis, SearchModel, length_penalty, score_targets
-from nmt.shortlist import Shortlist, Shortlisted
+from nmt.shortlist import Shortlist, Shortlisted, missing_table
 
 DEFAULT_MAX_SRC_LEN = 250
 DEFAULT_BATCH_TOKENS = 10000
@@ -255,9 +255,7 @@ class Translator:
                      if decoding.sampling else None)
 
         if decoding.shortlist and self.shortlist is None:
-            raise ConfigError(f"decoding.shortlist: {self.origin} carries no shortlist table "
-                              "(exported models have none; add one to a checkpoint with "
-                              "`python -m nmt.cli shortlist checkpoint=...`)")
+            raise missing_table(self.origin)
 
         def run(batch: np.ndarray) -> tuple[np.ndarray, list[list[Hypothesis]]]:
             src, src_lengths = pad_sources([ids[j] for j in batch], self.device)

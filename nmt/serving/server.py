@@ -20,6 +20,7 @@ from nmt.errors import ConfigError
 from nmt.serving.api import CaptionAPI, ModelSettings, TranslateAPI
 from nmt.serving.app import STATIC_DIR, Check, Gate, NMTServer, listen_socket
 from nmt.serving.requests import Limits, parse_caption, parse_translate
+from nmt.shortlist import missing_table
 from nmt.translate import as_list, resolve_device, resolve_workers
 from nmt.translator import Translator
 
@@ -94,8 +95,7 @@ def run(cfg: Any) -> None:
     translator = Translator.from_checkpoint(source, "cpu", cfg.max_src_len)
     shortlist = translator.shortlist is not None
     if decoding.shortlist and not shortlist:
-        raise ConfigError(f"decoding.shortlist: {translator.origin} carries no shortlist "
-                          "table; add one with `python -m nmt.cli shortlist checkpoint=...`")
+        raise missing_table(translator.origin)
     info: dict[str, Any] = {"translate": True, "caption": cfg.caption_checkpoint is not None,
                             "limits": dataclasses.asdict(limits),
                             "batching": dataclasses.asdict(batching),
