@@ -83,11 +83,14 @@ def matmul_gflop_per_s(device: str | torch.device = "cpu", dtype: torch.dtype = 
     return 2 * n * k * n * repeats / (time.perf_counter() - start) / 1e9
 
 
-def ceiling(device: str | torch.device, dtype: torch.dtype = torch.float32
-            ) -> tuple[str, float]:
+def ceiling(device: str | torch.device, dtype: torch.dtype = torch.float32,
+            repeats: int | None = None) -> tuple[str, float]:
     """The ceiling a bench compares with, and its GFLOP/s: float32 sgemm (2048 x 512) on a
-    CPU; on a GPU, the matmul peak of ``dtype`` on large (8192 x 8192) products."""
+    CPU; on a GPU, the matmul peak of ``dtype`` on large (8192 x 8192) products.
+    ``repeats``: products timed (default 10 on a CPU, 20 on a GPU; fewer for a quick
+    probe between training steps)."""
     if torch.device(device).type == "cpu":
-        return "sgemm float32 2048x512x2048", sgemm_gflop_per_s()
+        return "sgemm float32 2048x512x2048", sgemm_gflop_per_s(repeats=repeats or 10)
     name = str(dtype).removeprefix("torch.")
-    return f"matmul {name} 8192x8192x8192", matmul_gflop_per_s(device, dtype, 8192, 8192, 20)
+    return (f"matmul {name} 8192x8192x8192",
+            matmul_gflop_per_s(device, dtype, 8192, 8192, repeats or 20))

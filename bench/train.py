@@ -6,9 +6,12 @@
 Trains with Lightning (validation off) for warm-up + measured steps and times
 the measured ones. tokens_per_s counts real source and target tokens (EOS
 included, padding not); achieved_over_ceiling is the achieved FLOP rate over the
-device's own matmul speed measured in the same run (sgemm on a CPU, the matmul
-peak of the training precision's dtype on a GPU). The last line printed is one JSON object (keys are
-compared from run to run: keep them).
+device's own matmul speed (sgemm on a CPU, the matmul peak of the training
+precision's dtype on a GPU), probed after every measured step (outside the timed
+steps) and taken as the median of the probes: on a shared machine whose speed
+drifts, one probe before or after training can land on a fast or a slow moment
+(single probes ranged 115-169 GFLOP/s on one 2-core machine within minutes). The
+last line printed is one JSON object (keys are compared from run to run: keep them).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,22 +42,34 @@ from nmt.train import build  # noqa: E402
 
 
 class StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
+    """Times the steps after ``warmup`` (data loading included) and, after each, probes
+    the ceiling with ``probe()`` (its name and GFLOP/s), outside the timed stretch."""
+
+    def __init__(self, warmup: int, probe: Callable[[], tuple[str, float]]) -> None:
         self.warmup = warmup
-        self.start: float | None = None
-        self.steps = self.real = self.padded = 0
+        self.probe = probe
+        self.resumed: float | None = None  # when the current timed stretch began
+        self.steps = self.real = self.padded = self.target = 0
+        self.elapsed = 0.0
+        self.probes: list[float] = []
+        self.ceiling = ""
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+        if trainer.global_step == self.warmup and self.resumed is None:
+            self.resumed = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.start is None:
+        if self.resumed is None:
             return
         self.steps += 1
-        self.real += int(batch.src_lengths.sum()) + int((batch.tgt_out != PAD_ID).sum())
+        target = int((batch.tgt_out != PAD_ID).sum())
+        self.target += target
+        self.real += int(batch.src_lengths.sum()) + target
         self.padded += batch.src.numel() + batch.tgt_out.numel()
-        self.elapsed = time.perf_counter() - self.start
+        self.elapsed += time.perf_counter() - self.resumed
+        self.ceiling, gflop = self.probe()
+        self.probes.append(gflop)
+        self.resumed = time.perf_counter()
 
 
 def training_flops(module, batch) -> float:
@@ -83,7 +100,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nmt-bench-train-") as run_dir:
         cfg.run_dir = run_dir
         dm, module, trainer = build(cfg, Path(run_dir))
-        timer = StepTimer(args.warmup)
+        precision = str(cfg.trainer.precision)
+        dtype = (torch.bfloat16 if precision.startswith("bf16") else
+                 torch.float16 if precision.startswith("16") else torch.float32)
+        # The probe runs where the model is (Lightning moves it before the first step).
+        timer = StepTimer(args.warmup, lambda: ceiling(next(module.parameters()).device, dtype,
+                                                       repeats=3))
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=dm)
         # FLOPs per real token, averaged over a few batches of the same epoch order.
@@ -93,14 +115,12 @@ def main() -> None:
             real += int(batch.src_lengths.sum()) + int((batch.tgt_out != PAD_ID).sum())
     m = cfg.model
     achieved = flops / real * timer.real / timer.elapsed / 1e9
-    precision = str(cfg.trainer.precision)
-    dtype = (torch.bfloat16 if precision.startswith("bf16") else
-             torch.float16 if precision.startswith("16") else torch.float32)
     device = next(module.parameters()).device
-    ceiling_name, ceiling_gflop = ceiling(device, dtype)
+    ceiling_gflop = statistics.median(timer.probes)
     sgemm = ceiling_gflop if device.type == "cpu" else sgemm_gflop_per_s()  # measured once
     result = {
         "tokens_per_s": round(timer.real / timer.elapsed),
+        "target_tokens_per_s": round(timer.target / timer.elapsed),  # as Joey NMT counts
         "padded_fraction": round(1 - timer.real / timer.padded, 4),
         "ms_per_step": round(1000 * timer.elapsed / timer.steps, 1),
         "steps": timer.steps,
@@ -117,8 +137,10 @@ def main() -> None:
         "sgemm_gflop_per_s": round(sgemm, 1),
         # The ceiling of the device trained on, measured now: sgemm on a CPU, the matmul
         # peak of the training precision's dtype on a GPU.
-        "ceiling": ceiling_name, "ceiling_gflop_per_s": round(ceiling_gflop, 1),
+        "ceiling": timer.ceiling, "ceiling_gflop_per_s": round(ceiling_gflop, 1),
         "achieved_over_ceiling": round(achieved / ceiling_gflop, 3),
+        "ceiling_probes": len(timer.probes),
+        "ceiling_probe_range": [round(min(timer.probes), 1), round(max(timer.probes), 1)],
         "max_tokens": cfg.batching.max_tokens,
         "threads": torch.get_num_threads(),
     }

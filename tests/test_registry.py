@@ -290,7 +290,9 @@ def test_model_record_needs_build_model():
 
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory):
-    """nmt/model of commit 020d7c5 as the package ``legacy_model``."""
+    """nmt/model of commit 020d7c5 as the package ``legacy_model``, its nn.Dropout
+    replaced by nmt.model.dropout's (which draws other masks): what is compared is the
+    refactoring, with the same random draws."""
     package = tmp_path_factory.mktemp("legacy") / "legacy_model"
     package.mkdir()
     for name in ("__init__", "attention", "decoder", "encoder", "seq2seq"):
@@ -299,6 +301,8 @@ def legacy(tmp_path_factory):
         if shown.returncode != 0:
             pytest.skip(f"commit {LEGACY_COMMIT} is not in this clone's history")
         text = shown.stdout.replace("nmt.model.", "legacy_model.")
+        ours = "from torch import nn\n\nfrom nmt.model.dropout import Dropout\n"
+        text = text.replace("nn.Dropout(", "Dropout(").replace("from torch import nn\n", ours)
         (package / f"{name}.py").write_text(text.replace("from nmt.model import",
                                                           "from legacy_model import"))
     sys.path.insert(0, str(package.parent))

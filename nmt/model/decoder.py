@@ -23,6 +23,7 @@ from torch import nn
 
 from nmt.model.attention import build_attention
 from nmt.model.cells import State, build_rnn, get_cell, map_state, run_rnn
+from nmt.model.dropout import Dropout
 
 
 class DecoderState(NamedTuple):
@@ -58,7 +59,7 @@ class RNNDecoder(nn.Module):
                              "to gate")
         # No module at all without the gate: parameters and random draws stay as they were.
         self.gate = nn.Linear(hidden_size, memory_size) if attention_gate else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
         return self.attention.project_keys(memory) if self.attention is not None else memory

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.model.cells import State, build_rnn, map_state, run_rnn
+from nmt.model.dropout import Dropout
 
 
 def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -50,7 +51,7 @@ class RNNEncoder(Encoder):
         self.embed = embed
         self.rnn = build_rnn(cell, embed.embedding_dim, hidden_size, num_layers, dropout,
                              bidirectional)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.num_directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.num_directions
 

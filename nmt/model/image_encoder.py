@@ -23,6 +23,7 @@ from typing_extensions import Self
 
 from nmt.model.backbones import BACKBONES, SMALL_CHANNELS, SMALL_STRIDES, resnet, small_cnn
 from nmt.model.cells import State
+from nmt.model.dropout import Dropout
 from nmt.model.encoder import Encoder
 
 # -- the encoder ------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ class ImageEncoder(Encoder):
             self.backbone, size = resnet(backbone, pretrained)
         self.pool = (nn.AdaptiveAvgPool2d(grid if isinstance(grid, int) else tuple(grid))
                      if grid is not None else None)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self._feature_size = size
         self.output_size = size
         self._frozen = freeze

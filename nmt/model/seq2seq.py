@@ -20,6 +20,7 @@ from torch import nn
 
 from nmt.model.cells import State, map_state
 from nmt.model.decoder import DecoderState, RNNDecoder
+from nmt.model.dropout import Dropout
 from nmt.model.encoder import Encoder
 
 BRIDGES = ("linear", "zeros")
@@ -66,7 +67,7 @@ class Seq2Seq(nn.Module):
         self.decoder = RNNDecoder(cell, emb_size, decoder_hidden, encoder.output_size,
                                   decoder_layers, attention, attention_size, input_feeding,
                                   dropout, attention_gate)
-        self.emb_dropout = nn.Dropout(dropout)
+        self.emb_dropout = Dropout(dropout)
         # Bridge: the encoder's final state -> every layer of each decoder state part.
         n_states = 2 if self.decoder.paired else 1
         self.bridge = (nn.ModuleList(
