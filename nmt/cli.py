@@ -104,9 +104,26 @@ def train_main() -> None:
     run_hydra("train", train)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record comes: the
+    commands also run in-process (the Python API, tests), where stderr is swapped and
+    a handler bound to the stream of the time would write to a closed file later."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def _log_to_stderr() -> None:
     # translate.py may write translations to stdout: everything else goes to stderr.
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+    logging.basicConfig(handlers=[_StderrHandler()], level=logging.INFO,
                         format="[%(asctime)s %(levelname)s] %(message)s", force=True)
 
 

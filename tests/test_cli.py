@@ -114,3 +114,29 @@ def test_a_missing_mandatory_value_is_one_line(command, key, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: {key} is not set; give it on the command "
                                       f"line ({key}=...)")
+
+
+def test_command_logging_follows_sys_stderr(monkeypatch):
+    """translate/evaluate run in-process too (Python API, tests): their log handler
+    writes to the sys.stderr of each record's time, not to a stream swapped out and
+    closed since (which logging reports as "I/O operation on closed file")."""
+    import io
+    import logging
+
+    from nmt import cli
+
+    first, second = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        cli._log_to_stderr()
+        logging.getLogger("nmt.test").info("one")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("nmt.test").info("two")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert second.getvalue().rstrip().endswith("two")
+    assert "one" not in second.getvalue()
