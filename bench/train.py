@@ -66,6 +66,8 @@ class StepTimer(L.Callback):
         self.target += target
         self.real += int(batch.src_lengths.sum()) + target
         self.padded += batch.src.numel() + batch.tgt_out.numel()
+        if batch.src.is_cuda:  # the step's kernels must not run into the probe's time
+            torch.cuda.synchronize(batch.src.device)
         self.elapsed += time.perf_counter() - self.resumed
         self.ceiling, gflop = self.probe()
         self.probes.append(gflop)
