@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from nmt.data.corpus import read_lines  # noqa: E402
 from nmt.data.prepare import prepare  # noqa: E402
@@ -50,11 +50,13 @@ JOEY_LOG = re.compile(r"Step:\s+(\d+),.*Tokens per Sec:\s+([\d.]+)")
 JOEY_PARAMS = re.compile(r"Total params:\s+(\d+)")
 
 
-def joey_config(data_dir: Path, model_dir: Path, steps: int) -> dict:
+def joey_config(cfg: DictConfig, data_dir: Path, model_dir: Path, steps: int) -> dict:
+    """Joey's configuration for our composed training config ``cfg``'s model and recipe."""
+    m = cfg.model
     side = {"level": "bpe", "lowercase": False, "max_length": 100,
             "voc_file": str(data_dir / "vocab.txt"), "tokenizer_type": "sentencepiece",
             "tokenizer_cfg": {"model_file": str(data_dir / "joint.model")}}
-    embeddings = {"embedding_dim": 256}
+    embeddings = {"embedding_dim": m.emb_size}
     return {
         "name": "bench-joey",
         "data": {"train": str(data_dir / "train"), "dev": str(data_dir / "dev"),
@@ -62,11 +64,12 @@ def joey_config(data_dir: Path, model_dir: Path, steps: int) -> dict:
                  "trg": {"lang": "de", **side}},
         "training": {
             "model_dir": str(model_dir), "overwrite": True, "use_cuda": False,
-            "random_seed": 1, "optimizer": "adam", "learning_rate": 0.002,
+            "random_seed": cfg.seed, "optimizer": "adam", "learning_rate": cfg.optim.lr,
             # A constant rate, as bench/train.py's (Joey 2.3's plateau scheduler passes
             # `verbose`, which torch 2.13 no longer takes; this one steps at epoch ends only).
             "scheduling": "decaying", "decaying_step_size": 1000,
-            "label_smoothing": 0.1, "batch_size": 2048, "batch_type": "token",
+            "label_smoothing": cfg.loss.label_smoothing, "batch_type": "token",
+            "batch_size": cfg.batching.max_tokens // 2,  # max(source, target) per sentence
             # Two windows of `steps` updates: the first holds the warm-up, the second is
             # measured (Joey restarts its tokens/s count at every log line).
             "shuffle": True, "epochs": 100, "updates": 2 * steps, "logging_freq": steps,
@@ -76,21 +79,27 @@ def joey_config(data_dir: Path, model_dir: Path, steps: int) -> dict:
         "model": {
             "initializer": "xavier_uniform", "bias_initializer": "zeros",
             "tied_embeddings": False, "tied_softmax": False,
-            "encoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": embeddings,
-                        "hidden_size": 256, "bidirectional": True, "num_layers": 1,
-                        "dropout": 0.3},  # the embeddings' dropout defaults to it
-            "decoder": {"type": "recurrent", "rnn_type": "lstm", "embeddings": embeddings,
-                        "hidden_size": 512, "attention": "bahdanau", "num_layers": 1,
-                        "input_feeding": True, "init_hidden": "bridge", "dropout": 0.3,
-                        "hidden_dropout": 0.3}},
+            "encoder": {"type": "recurrent", "rnn_type": m.cell, "embeddings": embeddings,
+                        "hidden_size": m.encoder_hidden, "bidirectional": m.bidirectional,
+                        "num_layers": m.encoder_layers,
+                        "dropout": m.dropout},  # the embeddings' dropout defaults to it
+            "decoder": {"type": "recurrent", "rnn_type": m.cell, "embeddings": embeddings,
+                        "hidden_size": m.decoder_hidden, "attention": m.attention,
+                        "num_layers": m.decoder_layers, "input_feeding": m.input_feeding,
+                        "init_hidden": "bridge", "dropout": m.dropout,
+                        "hidden_dropout": m.dropout}},
     }
 
 
-def write_data(data_dir: Path) -> None:
+def default_config() -> DictConfig:
+    """Our default training config, composed (the recipe both sides train)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train")
+
+
+def write_data(cfg: DictConfig, data_dir: Path) -> None:
     """Multi30k en->de train and dev as plain text, and our joint SentencePiece model
     with its pieces as Joey's vocabulary file (Joey adds its own special symbols)."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train")
     prepared = prepare(OmegaConf.to_container(cfg.data, resolve=True),
                        OmegaConf.to_container(cfg.tokenizer, resolve=True))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +107,7 @@ def write_data(data_dir: Path) -> None:
         files = prepared.files[split]
         for lang, path in (("en", files.src), ("de", files.tgt)):
             (data_dir / f"{name}.{lang}").write_text(
-                "".join(line.replace("\n", " ") + "\n" for line in read_lines(path)))
+                "".join(line + "\n" for line in read_lines(path)))
     tok = prepared.src_tokenizer
     tok.save(data_dir / "joint.model")
     sp = tok.sp
@@ -154,10 +163,12 @@ def main() -> None:
     joey, ours, joey_params, our_params = [], [], 0, 0
     with tempfile.TemporaryDirectory(prefix="nmt-bench-joey-") as tmp:
         work = Path(tmp)
-        write_data(work / "data")
+        cfg = default_config()
+        write_data(cfg, work / "data")
         for _ in range(args.rounds):
             tokens, joey_params = run_joey(
-                args.joey_python, joey_config(work / "data", work / "model", args.steps), work)
+                args.joey_python, joey_config(cfg, work / "data", work / "model", args.steps),
+                work)
             joey.append(tokens)
             result = run_ours(args.steps, args.warmup)
             ours.append(result["target_tokens_per_s"])

@@ -27,7 +27,8 @@ def test_joey_config_mirrors_the_default_model(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train")
     m = cfg.model
-    joey = bench.joey_config(tmp_path / "data", tmp_path / "model", steps=20)
+    joey = bench.joey_config(bench.default_config(), tmp_path / "data", tmp_path / "model",
+                             steps=20)
     enc, dec = joey["model"]["encoder"], joey["model"]["decoder"]
     assert (enc["rnn_type"], dec["rnn_type"]) == (m.cell, m.cell)
     assert enc["embeddings"]["embedding_dim"] == dec["embeddings"]["embedding_dim"] == m.emb_size
