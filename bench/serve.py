@@ -13,10 +13,13 @@ translate.py's code path and defaults (``Translator.translate_stream``; workers,
 threads, batch_tokens, chunk_size as translate.py sets them), and every served line is
 compared with its offline translation (``mismatches``, over both passes).
 
-The two are timed in the order offline, server (two passes over all lines as one
-sustained load), offline, and compared by their total times: a machine whose load
-drifts during the run (other jobs) weighs on both alike. At the end the server is
-stopped with SIGTERM and must exit 0. The last line printed is one JSON object.
+The two alternate: offline, server (two passes over all lines as one sustained
+load), offline, server, ..., offline (``--rounds`` loads, one offline pass before,
+between and after them), and are compared by their total times, so that a machine
+whose speed drifts during the run (other jobs, a shared host) weighs on both alike;
+``round_ratios`` gives each load against the mean speed of the offline passes on
+either side of it. At the end the server is stopped with SIGTERM and must exit 0. The
+last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -176,9 +179,13 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=0, help="first N lines (0: all)")
     parser.add_argument("--max-lines", type=int, default=8, help="lines per request, at most")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="server loads, each between two offline passes")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="a serve.py override, e.g. batching.batch_timeout=0.02")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     lines, _ = split_lines("test_2016_flickr")
     lines = lines[: args.sentences] if args.sentences else lines
@@ -191,33 +198,44 @@ def main() -> None:
         wait_healthy(port, server)
         drive(port, [(0, lines[:8])], 1, args.beam, [None] * 8)  # warm-up
         reference, offline_s = offline(translator, lines, args.beam)
-        # Two passes as one sustained load: every line twice (the second time at
-        # index + len(lines)), so that the tail of a pass, when fewer clients are left
-        # than the server can batch, weighs half as much.
-        served: list[str | None] = [None] * (2 * len(lines))
-        load = drive(port, jobs + [(start + len(lines), chunk) for start, chunk in jobs],
-                     args.clients, args.beam, served)
-        mismatches = sum(s != r for s, r in zip(served, reference * 2, strict=True))
-        again, seconds = offline(translator, lines, args.beam)
-        offline_s += seconds
+        offline_times, loads, mismatches = [offline_s], [], 0
+        for _ in range(args.rounds):
+            # Two passes as one sustained load: every line twice (the second time at
+            # index + len(lines)), so that the tail of a pass, when fewer clients are
+            # left than the server can batch, weighs half as much.
+            served: list[str | None] = [None] * (2 * len(lines))
+            loads.append(drive(port, jobs + [(start + len(lines), chunk)
+                                             for start, chunk in jobs],
+                               args.clients, args.beam, served))
+            mismatches += sum(s != r for s, r in zip(served, reference * 2, strict=True))
+            again, seconds = offline(translator, lines, args.beam)
+            offline_times.append(seconds)
+            if again != reference:
+                sys.exit("offline translation is not deterministic")
     finally:
         server.send_signal(signal.SIGTERM)
         status = server.wait(timeout=120)
     if status != 0:
         sys.exit(f"the server exited with status {status} after SIGTERM")
-    assert again == reference, "offline translation is not deterministic"
 
-    speed = 2 * len(lines) / load["wall_s"]
-    offline_speed = 2 * len(lines) / offline_s
-    latencies = sorted(load["latencies"])
+    served_s = sum(load["wall_s"] for load in loads)
+    speed = 2 * len(lines) * len(loads) / served_s
+    offline_speed = len(lines) * len(offline_times) / sum(offline_times)
+    round_ratios = [round((2 * len(lines) / load["wall_s"])
+                          / (2 * len(lines) / (before + after)), 3)
+                    for load, before, after in zip(loads, offline_times[:-1], offline_times[1:],
+                                                   strict=True)]
+    latencies = sorted(x for load in loads for x in load["latencies"])
     result = {
         "sentences_per_s": round(speed, 1),
         "latency_p50_ms": percentile(latencies, 0.5), "latency_p99_ms": percentile(latencies, 0.99),
-        "failed_requests": load["failed"],
+        "failed_requests": sum(load["failed"] for load in loads),
         "offline_sentences_per_s": round(offline_speed, 1),
-        "throughput_ratio": round(speed / offline_speed, 3), "mismatches": mismatches,
+        "throughput_ratio": round(speed / offline_speed, 3), "round_ratios": round_ratios,
+        "mismatches": mismatches,
         "clients": args.clients, "beam_size": args.beam, "sentences": len(lines),
-        "passes": 2, "requests": 2 * len(jobs), "server_args": args.server_arg,
+        "rounds": len(loads), "passes": 2 * len(loads), "requests": 2 * len(jobs) * len(loads),
+        "server_args": args.server_arg,
         "date": datetime.date.today().isoformat(), "machine": machine()}
     print(json.dumps(result))
 
