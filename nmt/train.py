@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.allocator import keep_freed_memory
 from nmt.callbacks import PreciseBatchNorm, Throughput
 from nmt.checkpointing import BEST, LAST, RECENT, AtomicCheckpointIO, ResumableCheckpoint
 from nmt.config import TASKS
@@ -133,6 +134,7 @@ def validation_runs(trainer_cfg: dict[str, Any]) -> bool:
 def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
           ) -> tuple[NMTDataModule, TranslationModule, L.Trainer]:
     """Check the config, prepare the data, and build the data module, model and trainer."""
+    keep_freed_memory()  # a step's large buffers are reused, not mapped anew each step
     trainer_cfg = plain(cfg.trainer)
     check_trainer(trainer_cfg)
     if cfg.task not in TASKS:

@@ -29,27 +29,55 @@ class Cell:
     runs one layer for one step with that recurrence's weights (``torch.gru_cell``
     and friends); without one the decoder calls the recurrence on a length-1
     sequence, which is correct but slower. ``paired``: the state is an (h, c) pair.
+    ``gates(gi, gh, state)``, optional, is the kernel after its two linear maps (gi =
+    x W_ih^T + b_ih, gh = h W_hh^T + b_hh) -> the new state: with it the decoder's
+    training loop computes those maps itself (nmt/model/deferred.py).
     """
 
     rnn: Callable[..., nn.Module]
     kernel: Callable[..., Any] | None = None
     paired: bool = False
+    gates: Callable[..., Any] | None = None
 
 
 CELLS: dict[str, Cell] = {}
 
 
 def register_cell(name: str, rnn: Callable[..., nn.Module],
-                  kernel: Callable[..., Any] | None = None, paired: bool = False) -> None:
+                  kernel: Callable[..., Any] | None = None, paired: bool = False,
+                  gates: Callable[..., Any] | None = None) -> None:
     """Make ``name`` a valid ``model.cell``; names are never silently replaced."""
     if name in CELLS:
         raise ValueError(f"cell {name!r} is already registered")
-    CELLS[name] = Cell(rnn, kernel, paired)
+    CELLS[name] = Cell(rnn, kernel, paired, gates)
 
 
-register_cell("rnn", nn.RNN, torch.rnn_tanh_cell)
-register_cell("gru", nn.GRU, torch.gru_cell)
-register_cell("lstm", nn.LSTM, torch.lstm_cell, paired=True)
+# The kernels' arithmetic after their linear maps, as ATen's cells do it (RNNCell.cpp).
+def _tanh_gates(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(gh + gi)
+
+
+def _gru_gates(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    # In place on gh's chunks, as ATen: the gates' kernels then see the same strided
+    # inputs, and give the same bits, as torch.gru_cell's.
+    i_r, i_z, i_n = gi.unsafe_chunk(3, 1)
+    h_r, h_z, h_n = gh.unsafe_chunk(3, 1)
+    reset = h_r.add_(i_r).sigmoid_()
+    update = h_z.add_(i_z).sigmoid_()
+    new = i_n.add(h_n.mul_(reset)).tanh_()
+    return (h - new).mul_(update).add_(new)
+
+
+def _lstm_gates(gi: torch.Tensor, gh: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    i, f, g, o = (gh + gi).chunk(4, 1)
+    c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+register_cell("rnn", nn.RNN, torch.rnn_tanh_cell, gates=_tanh_gates)
+register_cell("gru", nn.GRU, torch.gru_cell, gates=_gru_gates)
+register_cell("lstm", nn.LSTM, torch.lstm_cell, paired=True, gates=_lstm_gates)
 
 
 def get_cell(name: str) -> Cell:

@@ -23,6 +23,7 @@ from torch import nn
 
 from nmt.model.attention import build_attention
 from nmt.model.cells import State, build_rnn, get_cell, map_state, run_rnn
+from nmt.model.deferred import deferred_weight_gradients, linear, loop_linears
 from nmt.model.dropout import Dropout
 
 
@@ -49,6 +50,7 @@ class RNNDecoder(nn.Module):
         input_size = emb_size + (hidden_size if input_feeding else 0)
         self.rnn = build_rnn(cell, input_size, hidden_size, num_layers, dropout)
         self._kernel = get_cell(cell).kernel
+        self._gates = get_cell(cell).gates
         self.attention = build_attention(attention, hidden_size, memory_size,
                                          attention_size or hidden_size)
         # Luong's attentional layer, without bias.
@@ -72,8 +74,8 @@ class RNNDecoder(nn.Module):
         assert self.combine is not None  # built together with the attention
         context, weights = self.attention(h, keys, memory, mask)
         if self.gate is not None:  # beta_t (B, [T,] M): how much of the source to let in
-            context = torch.sigmoid(self.gate(h)) * context
-        out = torch.tanh(self.combine(torch.cat([h, context], dim=-1)))
+            context = torch.sigmoid(linear(h, self.gate)) * context
+        out = torch.tanh(linear(torch.cat([h, context], dim=-1), self.combine))
         return self.dropout(out), weights
 
     def step(self, emb: torch.Tensor, state: DecoderState, keys: torch.Tensor,
@@ -105,16 +107,25 @@ class RNNDecoder(nn.Module):
                 x = x.float()
                 hidden = map_state(torch.Tensor.float, hidden)
                 return self._recur(x, hidden)
+        loop = loop_linears() if self._gates is not None else None
         hs, cs = [], []
         inp = x
         for layer in range(self.num_layers):
             weights = (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
                        getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
+            state = (hidden[0][layer], hidden[1][layer]) if self.paired else hidden[layer]
+            if loop is not None:  # a training loop: the kernel's maps, gradients deferred
+                assert self._gates is not None  # loop is only set with it
+                h_prev = state[0] if isinstance(state, tuple) else state
+                step = self._gates(loop.linear(inp, weights[0], weights[2]),
+                                   loop.linear(h_prev, weights[1], weights[3]), state)
+            else:
+                step = self._kernel(inp, state, *weights)
             if self.paired:
-                h, c = self._kernel(inp, (hidden[0][layer], hidden[1][layer]), *weights)
+                h, c = step
                 cs.append(c)
             else:
-                h = self._kernel(inp, hidden[layer], *weights)
+                h = step
             hs.append(h)
             inp = h
             if layer < self.num_layers - 1 and rnn.dropout and self.training:
@@ -133,11 +144,12 @@ class RNNDecoder(nn.Module):
             return self._attend(out, keys, memory, mask)
         outputs: list[torch.Tensor] = []
         weights: list[torch.Tensor] = []
-        for emb_t in emb.unbind(1):  # unbind: one backward node, no per-step zero-filled grads
-            o, state, w = self.step(emb_t, state, keys, memory, mask)
-            outputs.append(o)
-            if w is not None:  # None without attention
-                weights.append(w)
+        with deferred_weight_gradients(emb):  # weight gradients once for all steps
+            for emb_t in emb.unbind(1):  # unbind: one backward node, no zero-filled grads
+                o, state, w = self.step(emb_t, state, keys, memory, mask)
+                outputs.append(o)
+                if w is not None:  # None without attention
+                    weights.append(w)
         attn = torch.stack(weights, dim=1) if self.attention is not None else None
         return torch.stack(outputs, dim=1), attn
 
