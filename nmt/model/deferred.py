@@ -31,14 +31,12 @@ _ACTIVE: ContextVar[LoopLinears | None] = ContextVar("nmt_loop_linears", default
 
 
 class _Shared:
-    """One weight (and bias) of a loop: its stand-in for the steps, and their rows."""
+    """One weight of a loop: the rows its steps saved in the backward pass. (It holds
+    no tensor of the graph: the graph's nodes hold it, and it is freed with them.)"""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self) -> None:
         self.inputs: list[torch.Tensor] = []  # (rows, in) per step
         self.grads: list[torch.Tensor] = []  # (rows, out) per step
-        # The steps read `weight` through this node: its backward runs after theirs.
-        self.weight = _Collect.apply(weight, bias, self)
-        self.bias = None if bias is None else bias.detach()
 
 
 class _Collect(Function):
@@ -91,16 +89,23 @@ class LoopLinears:
     """The shared weights of one loop: ``linear`` as F.linear, gradients deferred."""
 
     def __init__(self) -> None:
-        self._shared: dict[int, _Shared] = {}
+        # id(weight) -> (its rows, the weight as the steps read it, the bias detached)
+        self._shared: dict[int, tuple[_Shared, torch.Tensor, torch.Tensor | None]] = {}
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         if not weight.requires_grad:
             return F.linear(x, weight, bias)
-        shared = self._shared.get(id(weight))
-        if shared is None:
-            shared = self._shared[id(weight)] = _Shared(weight, bias)
-        return _StepLinear.apply(x, shared.weight, shared.bias, shared)
+        entry = self._shared.get(id(weight))
+        if entry is None:
+            shared = _Shared()
+            # The steps read the weight through this node: its backward runs after
+            # theirs, and gives the weight's and the bias's gradients.
+            entry = (shared, _Collect.apply(weight, bias, shared),
+                     None if bias is None else bias.detach())
+            self._shared[id(weight)] = entry
+        shared, stand_in, fixed_bias = entry
+        return _StepLinear.apply(x, stand_in, fixed_bias, shared)
 
 
 @contextmanager
