@@ -213,7 +213,9 @@ class ResumableCheckpoint(Checkpoint):
         due, signalled = bool(flags[0]), bool(flags[1])
         if not (due or signalled):
             return
-        trainer.save_checkpoint(self.path)
+        # Full state (optimizer, loops, callbacks): what resuming needs. Saying so also
+        # keeps Lightning from logging that it defaulted to it at every save.
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._last_save = time.monotonic()
         if signalled:
             raise Preempted(self.signum or signal.SIGTERM, self.path, trainer.global_step)

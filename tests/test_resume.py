@@ -157,6 +157,8 @@ def test_limit_val_batches_scores_the_decoded_part(toy_cfg, tmp_path, caplog):
     assert any("computed on the" in r.message and "limit_val_batches" in r.message
                for r in caplog.records)
     assert "best checkpoint: by val/bleu (max)" in caplog.text
+    # last.ckpt is saved with its full state, said explicitly (no log line at every save)
+    assert "`weights_only` was not set" not in caplog.text
 
 
 def test_val_check_interval_with_plateau_and_loss_monitor(toy_cfg, tmp_path):
