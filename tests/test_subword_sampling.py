@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import pickle
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import lightning as L
 import numpy as np
@@ -307,6 +309,53 @@ def test_resumed_training_sees_the_same_segmentation(toy_dir, tmp_path, one_thre
     steps, resumed = run("part", "ckpt_path=last")
     assert [epoch for epoch, _, _ in steps] == [1] * 4  # resumed in the second epoch (14 steps)
     assert len(full) == 20 and resumed == full[16:]
+
+
+class ValidationRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.at: list[tuple[int, int]] = []  # (epoch, global step) of each validation
+
+    def on_validation_end(self, trainer, module) -> None:
+        if not trainer.sanity_checking:
+            self.at.append((trainer.current_epoch, trainer.global_step))
+
+
+def test_every_sampled_epoch_is_trained_to_its_end_and_validated(toy_dir, tmp_path,
+                                                                   one_thread):
+    """Sampled epochs differ in their number of batches. Lightning keeps the length of
+    the loader it holds: each epoch's loader is asked for anew, so no epoch ends a batch
+    early or goes without its validation."""
+    cfg = files_config(toy_dir, tmp_path / "cache")
+    args = [*toy_overrides(cfg, tmp_path / "run"), "tokenizer.sampling.enabled=true",
+            "tokenizer.sampling.alpha=0.1", "trainer.max_epochs=4",
+            "+trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
+            "optim.scheduler=null"]
+    validations = ValidationRecorder()
+    steps, trainer = fit_recorded(compose_train(args), callbacks=[validations])
+    sampler = trainer.datamodule._train_sampler
+    lengths = [len(sampler.rank_batches(epoch)) for epoch in range(4)]
+    assert len(set(lengths)) > 1  # the epochs do differ in length
+    trained = Counter(epoch for epoch, _, _ in steps.steps)
+    assert [trained[epoch] for epoch in range(4)] == lengths
+    ends = list(itertools.accumulate(lengths))
+    assert validations.at == [(epoch, ends[epoch]) for epoch in range(4)]
+
+
+def test_epochs_of_one_length_keep_the_first_loader(toy_dir, tmp_path, one_thread):
+    """Without sampling the loader is built once, as before; with it, a trainer setting
+    that would keep one loader for several epochs is refused in one line."""
+    cfg = files_config(toy_dir, tmp_path / "cache")
+    from nmt.train import build, run_dir_of
+
+    base = [*toy_overrides(cfg, tmp_path / "run"), "trainer.max_epochs=1"]
+    _, _, trainer = build(compose_train(base), run_dir_of(compose_train(base)))
+    assert trainer.reload_dataloaders_every_n_epochs == 0
+    sampling = [*base, "tokenizer.sampling.enabled=true"]
+    _, _, trainer = build(compose_train(sampling), run_dir_of(compose_train(sampling)))
+    assert trainer.reload_dataloaders_every_n_epochs == 1
+    with pytest.raises(ConfigError, match="reload_dataloaders_every_n_epochs=2: subword"):
+        args = [*sampling, "+trainer.reload_dataloaders_every_n_epochs=2"]
+        build(compose_train(args), run_dir_of(compose_train(args)))
 
 
 @pytest.mark.slow

@@ -151,7 +151,17 @@ class NMTDataModule(L.LightningDataModule):
         if self._resume_state is not None:
             sampler.load_state_dict(self._resume_state)
             self._resume_state = None
+        elif (trainer := getattr(self, "trainer", None)) is not None:
+            # Asked anew every epoch when epochs differ in length (epochs_differ_in_length):
+            # Lightning takes len() before it calls set_epoch, so set the epoch now.
+            sampler.set_epoch(trainer.current_epoch)
         return sampler
+
+    @property
+    def epochs_differ_in_length(self) -> bool:
+        """Whether the training batches of one epoch and the next differ in number
+        (subword sampling segments every epoch anew)."""
+        return bool(self.tokenizer_cfg.sampling.enabled)
 
     def train_dataloader(self) -> DataLoader:
         self._train_sampler = self.train_sampler()
