@@ -2,23 +2,23 @@
 
     python bench/recipe.py --train [--no-evaluate] [--seeds 1 2 3]
                            [--experiment multi30k_en_de_cpu60] [--runs-dir runs/recipe]
-                           [--average last=5] [train.py overrides, e.g. logger=csv]
+                           [--average best=5] [train.py overrides, e.g. logger=csv]
     python bench/recipe.py [--evaluate] [--seeds 1 2 3] [--runs-dir runs/recipe]
-                           [--average last=5] [--beam-size 5] [--splits S ...]
+                           [--average best=5] [--beam-size 5] [--splits S ...]
                            [--device cpu] [--machine NAME]
 
 Training (``--train``): one run per seed in RUNS_DIR/seed<N>, as
 ``python train.py experiment=EXPERIMENT seed=N run_dir=RUNS_DIR/seed<N>
-callbacks.keep_last=5`` (``keep_best=5`` with ``--average best=5``) and the overrides
+callbacks.keep_best=5`` (``keep_last=5`` with ``--average last=5``) and the overrides
 (``--experiment none``: the default recipe). A run with metrics.json is complete and
 skipped; one with checkpoints/last.ckpt but no metrics.json was interrupted and resumes
 from it (``ckpt_path=last``), so the seeds may be trained one per session: rerun the same
 command. Each session's wall time is added to RUNS_DIR/seed<N>/recipe.json.
 
 Evaluation (alone, or after ``--train`` unless ``--no-evaluate``): for every
-complete run, its best checkpoint (metrics.json) and the average of its last 5
-checkpoints (``--average last=N`` or ``best=N``; nmt/average.py, written once to
-RUN/average-last5.ckpt and reused); then the ensemble of the singles and the ensemble of
+complete run, its best checkpoint (metrics.json) and the average of its 5 best
+checkpoints by dev BLEU (``--average best=N`` or ``last=N``; nmt/average.py, written
+once to RUN/average-best5.ckpt and reused); then the ensemble of the singles and the ensemble of
 the averages (2 runs or more). Each is scored by evaluate.py's own code
 (``nmt.evaluate.run``) with beam 5 on every test split of the runs' data (a catalog
 corpus: its test splits with both languages; data=files: test) that can be had here; one
@@ -513,7 +513,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                         help="conf/experiment/ recipe to train ('none': the default recipe)")
     parser.add_argument("--runs-dir", default="runs/recipe")
-    parser.add_argument("--average", type=Averaging.parse, default=Averaging("last", 5),
+    parser.add_argument("--average", type=Averaging.parse, default=Averaging("best", 5),
                         help="the checkpoints each run averages: last=N or best=N")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--splits", nargs="+", default=None,
