@@ -128,10 +128,10 @@ def prepare_run_dir(run_dir: Path, config_yaml: str) -> None:
 
 
 def reload_every_epoch(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The trainer asks for the training loader anew every epoch: Lightning takes an
-    epoch's length (where it validates, when the epoch ends) from the loader it holds,
-    so with subword sampling, whose epochs differ in batches, it would otherwise end
-    some epochs a batch early and validate only after those as long as the first."""
+    """The trainer asks for the training loader anew every epoch: Lightning decides
+    where to validate from the length of the loader it holds, so with subword
+    sampling, whose epochs differ by a batch or so, epochs that came out shorter
+    would otherwise end without a validation."""
     given = trainer_cfg.get("reload_dataloaders_every_n_epochs", 1)
     if given != 1:
         raise ConfigError(f"trainer.reload_dataloaders_every_n_epochs={given}: subword "
