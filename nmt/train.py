@@ -127,18 +127,6 @@ def prepare_run_dir(run_dir: Path, config_yaml: str) -> None:
                           f"({e.strerror or type(e).__name__})") from None
 
 
-def reload_every_epoch(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The trainer asks for the training loader anew every epoch: Lightning decides
-    where to validate from the length of the loader it holds, so with subword
-    sampling, whose epochs differ by a batch or so, epochs that came out shorter
-    would otherwise end without a validation."""
-    given = trainer_cfg.get("reload_dataloaders_every_n_epochs", 1)
-    if given != 1:
-        raise ConfigError(f"trainer.reload_dataloaders_every_n_epochs={given}: subword "
-                          "sampling needs the training loader of each epoch; leave it out")
-    return {**trainer_cfg, "reload_dataloaders_every_n_epochs": 1}
-
-
 def validation_runs(trainer_cfg: dict[str, Any]) -> bool:
     return trainer_cfg.get("limit_val_batches") not in (0, 0.0)
 
@@ -154,8 +142,7 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
     check_optim(plain(cfg.optim))
     builder = build_captioning if cfg.task == "caption" else build_translation
     dm, module = builder(cfg)
-    if dm.epochs_differ_in_length:
-        trainer_cfg = reload_every_epoch(trainer_cfg)
+    trainer_cfg = dm.trainer_settings(trainer_cfg)
     loggers = make_loggers(cfg, run_dir, resume)
     callbacks = make_callbacks(cfg, run_dir, trainer_cfg, module)
     try:

@@ -152,16 +152,23 @@ class NMTDataModule(L.LightningDataModule):
             sampler.load_state_dict(self._resume_state)
             self._resume_state = None
         elif (trainer := getattr(self, "trainer", None)) is not None:
-            # Asked anew every epoch when epochs differ in length (epochs_differ_in_length):
+            # Asked anew every epoch with subword sampling (trainer_settings):
             # Lightning takes len() before it calls set_epoch, so set the epoch now.
             sampler.set_epoch(trainer.current_epoch)
         return sampler
 
-    @property
-    def epochs_differ_in_length(self) -> bool:
-        """Whether the training batches of one epoch and the next differ in number
-        (subword sampling segments every epoch anew)."""
-        return bool(self.tokenizer_cfg.sampling.enabled)
+    def trainer_settings(self, trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+        """The trainer config, asking for the training loader anew every epoch with
+        subword sampling: Lightning decides where to validate from the length of the
+        loader it holds, and sampled epochs differ by a batch or so (the shorter ones
+        would end without a validation)."""
+        if not self.tokenizer_cfg.sampling.enabled:
+            return trainer_cfg
+        given = trainer_cfg.get("reload_dataloaders_every_n_epochs", 1)
+        if given != 1:
+            raise ConfigError(f"trainer.reload_dataloaders_every_n_epochs={given}: subword "
+                              "sampling needs the training loader of each epoch; leave it out")
+        return {**trainer_cfg, "reload_dataloaders_every_n_epochs": 1}
 
     def train_dataloader(self) -> DataLoader:
         self._train_sampler = self.train_sampler()
