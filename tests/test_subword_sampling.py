@@ -323,8 +323,8 @@ class ValidationRecorder(L.Callback):
 def test_every_sampled_epoch_is_trained_to_its_end_and_validated(toy_dir, tmp_path,
                                                                    one_thread):
     """Sampled epochs differ in their number of batches. Lightning keeps the length of
-    the loader it holds: each epoch's loader is asked for anew, so no epoch ends a batch
-    early or goes without its validation."""
+    the loader it holds: each epoch's loader is asked for anew, so every epoch is
+    trained to its end and none goes without its validation."""
     cfg = files_config(toy_dir, tmp_path / "cache")
     args = [*toy_overrides(cfg, tmp_path / "run"), "tokenizer.sampling.enabled=true",
             "tokenizer.sampling.alpha=0.1", "trainer.max_epochs=4",
