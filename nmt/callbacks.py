@@ -1,5 +1,5 @@
 """Training callbacks of our own: throughput and training time; BatchNorm statistics
-recomputed before validation."""
+recomputed before validation; a cosine fitted to the run's time limit."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch import nn
 
 from nmt.data.dataset import Batch
 from nmt.data.tokenizer import PAD_ID
+from nmt.errors import ConfigError
+from nmt.schedules import TimedCosine
 
 
 class Throughput(L.Callback):
@@ -48,6 +51,46 @@ class Throughput(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._fit_start is not None and not trainer.sanity_checking:
             module.log("val/train_minutes", (time.perf_counter() - self._fit_start) / 60)
+
+
+class TimedSchedule(L.Callback):
+    """Fits every ``TimedCosine`` of the run to ``trainer.max_time``: every
+    ``replan_every`` steps, its length becomes what the pace so far allows.
+
+    The training time is Lightning's Timer's, the one that stops the run (it counts the
+    time of earlier sessions of a resumed run); in DDP rank 0's, broadcast at the same
+    step on every rank, so that the replicas keep one learning rate. Without a TimedCosine
+    it does nothing.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._schedules(trainer) and self._timer(trainer) is None:
+            raise ConfigError("optim.scheduler: nmt.schedules.TimedCosine ends when the "
+                              "run's time is spent; set trainer.max_time")
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
+                           batch: Batch, batch_idx: int) -> None:
+        timer = self._timer(trainer)
+        step = trainer.global_step
+        due = [s for s in self._schedules(trainer) if step % s.replan_every == 0]
+        if not due or timer is None:
+            return
+        # One broadcast: every rank reaches this step, so the collective matches.
+        elapsed = float(trainer.strategy.broadcast(timer.time_elapsed()))
+        limit = timer.time_elapsed() + (timer.time_remaining() or 0.0)  # trainer.max_time
+        for schedule in due:
+            schedule.replan(step, elapsed, limit)
+
+    @staticmethod
+    def _schedules(trainer: L.Trainer) -> list[TimedCosine]:
+        return [c.scheduler for c in trainer.lr_scheduler_configs
+                if isinstance(c.scheduler, TimedCosine)]
+
+    @staticmethod
+    def _timer(trainer: L.Trainer) -> Timer | None:
+        callbacks = getattr(trainer, "callbacks", [])  # untyped in Lightning's Trainer
+        timers = [c for c in callbacks if isinstance(c, Timer)]
+        return timers[0] if timers and timers[0].time_remaining() is not None else None
 
 
 class PreciseBatchNorm(L.Callback):

@@ -31,15 +31,21 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from nmt.errors import ConfigError
+from nmt.schedules import TimedCosine
 
 HYDRA_KEYS = {"_target_", "_partial_"}
 INTERVALS = ("step", "epoch")
 
 
-def check_optim(optim: dict[str, Any]) -> None:
-    """Refuse a bad optimizer or scheduler config: build both for one dummy parameter."""
-    build_optimizer(optim, [torch.nn.Parameter(torch.zeros(1))], ("val/bleu", "max"),
-                    total_steps=lambda: 1)
+def check_optim(optim: dict[str, Any], time_limit: bool = True) -> None:
+    """Refuse a bad optimizer or scheduler config: build both for one dummy parameter.
+    ``time_limit``: whether the run has one (trainer.max_time), as TimedCosine needs."""
+    made = build_optimizer(optim, [torch.nn.Parameter(torch.zeros(1))], ("val/bleu", "max"),
+                           total_steps=lambda: 1)
+    if isinstance(made, dict) and isinstance(made["lr_scheduler"]["scheduler"], TimedCosine) \
+            and not time_limit:
+        raise ConfigError("optim.scheduler: nmt.schedules.TimedCosine ends when the run's "
+                          "time is spent; set trainer.max_time (DD:HH:MM:SS)")
 
 
 def follows_metric(optim: dict[str, Any]) -> bool:

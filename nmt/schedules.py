@@ -1,16 +1,18 @@
 """Learning-rate schedules that torch lacks, as factories for ``optim.scheduler._target_``.
 
-Each takes the optimizer first, as torch's schedulers do, and returns a LambdaLR
-stepped every optimizer step (``interval: step`` in the config).
+Each takes the optimizer first, as torch's schedulers do, and is stepped every
+optimizer step (``interval: step`` in the config).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
+from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
 def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
@@ -20,7 +22,7 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
     return min(step / warmup, math.sqrt(warmup / step))
 
 
-def cosine_factor(step: int, warmup_steps: int, total_steps: int, min_factor: float) -> float:
+def cosine_factor(step: int, warmup_steps: int, total_steps: float, min_factor: float) -> float:
     """Linear warmup, then a half cosine from 1 down to ``min_factor`` at ``total_steps``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -50,3 +52,43 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
     return LambdaLR(optimizer, functools.partial(
         cosine_factor, warmup_steps=int(warmup_steps), total_steps=int(total_steps),
         min_factor=min_factor))
+
+
+class TimedCosine(LRScheduler):
+    """Linear warmup, then a half cosine down to ``min_lr`` when ``trainer.max_time`` is
+    spent, however many steps the machine manages in that time.
+
+    ``warmup_cosine`` ends after a step count: on a machine faster than the one it was
+    sized on, the run idles at ``min_lr`` for its last minutes; on a slower one it stops
+    high on the curve. Here the cosine's length in steps is re-estimated every
+    ``replan_every`` steps (``replan``, called by nmt.callbacks.TimedSchedule) from the
+    run's own pace: the steps so far over the training time so far, validations included,
+    times the time left. Between replans the rate is a function of the step, as in
+    ``warmup_cosine``; before the first one there is no decay. The schedule follows the
+    machine's speed, so two runs of one seed are not identical step for step.
+    """
+
+    CONFIG = ("warmup_steps", "min_factor", "replan_every")  # from the config, not saved
+
+    def __init__(self, optimizer: Optimizer, warmup_steps: int = 0, min_lr: float = 0.0,
+                 replan_every: int = 100) -> None:
+        if int(replan_every) < 1:
+            raise ValueError(f"replan_every must be >= 1, got {replan_every}")
+        self.warmup_steps = int(warmup_steps)
+        self.min_factor = min_lr / optimizer.defaults.get("lr", 1.0)
+        self.replan_every = int(replan_every)
+        self.total_steps = math.inf  # the planned length; saved, so a resumed run keeps it
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float | Tensor]:
+        factor = cosine_factor(self.last_epoch, self.warmup_steps, self.total_steps,
+                               self.min_factor)
+        return [base * factor for base in self.base_lrs]
+
+    def replan(self, step: int, elapsed: float, limit: float) -> None:
+        """End the cosine at ``limit`` seconds of training: ``step`` steps took ``elapsed``."""
+        if step > 0 and elapsed > 0:
+            self.total_steps = step + max(0.0, limit - elapsed) * step / elapsed
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k not in self.CONFIG}

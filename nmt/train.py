@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.allocator import keep_freed_memory
-from nmt.callbacks import PreciseBatchNorm, Throughput
+from nmt.callbacks import PreciseBatchNorm, Throughput, TimedSchedule
 from nmt.checkpointing import BEST, LAST, RECENT, AtomicCheckpointIO, ResumableCheckpoint
 from nmt.config import TASKS
 from nmt.data.captioning import ImageSettings
@@ -139,7 +139,7 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
     check_trainer(trainer_cfg)
     if cfg.task not in TASKS:
         raise ConfigError(f"task: unknown task {cfg.task!r}; valid choices: {', '.join(TASKS)}")
-    check_optim(plain(cfg.optim))
+    check_optim(plain(cfg.optim), time_limit=cfg.trainer.get("max_time") is not None)
     builder = build_captioning if cfg.task == "caption" else build_translation
     dm, module = builder(cfg)
     trainer_cfg = dm.trainer_settings(trainer_cfg)
@@ -255,7 +255,8 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
                                    cb.every_n_train_steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    callbacks: list[L.Callback] = [LearningRateMonitor(logging_interval="step"), Throughput()]
+    callbacks: list[L.Callback] = [LearningRateMonitor(logging_interval="step"), Throughput(),
+                                   TimedSchedule()]
     if cfg.task == "caption":  # a CNN's BatchNorm statistics, recomputed for validation
         callbacks.append(PreciseBatchNorm())
     module.monitor = (cb.monitor, MONITORS[cb.monitor])

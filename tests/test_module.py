@@ -4,13 +4,18 @@ sacrebleu signatures. Training runs that use them are in test_train.py."""
 from __future__ import annotations
 
 import math
+from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 
+from nmt.callbacks import TimedSchedule
 from nmt.errors import ConfigError
 from nmt.metrics import corpus_scores, signatures
-from nmt.optim import build_optimizer, follows_metric
+from nmt.optim import build_optimizer, check_optim, follows_metric
+from nmt.schedules import TimedCosine
 
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01}
 PLATEAU = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True,
@@ -109,3 +114,83 @@ def test_warmup_cosine_needs_a_finite_run():
     with pytest.raises(ConfigError, match=r"optim.scheduler: .*set optim.scheduler.total_steps"):
         build_optimizer({**ADAM, "scheduler": cosine}, params(), ("val/bleu", "max"),
                         total_steps=lambda: float("inf"))
+
+
+TIMED = {"_target_": "nmt.schedules.TimedCosine", "warmup_steps": 4, "min_lr": 0.001,
+         "replan_every": 10, "interval": "step"}
+
+
+def timed() -> tuple[torch.optim.Optimizer, TimedCosine]:
+    made = build_optimizer({**ADAM, "scheduler": TIMED}, params(), ("val/bleu", "max"),
+                           no_estimate)
+    return made["optimizer"], made["lr_scheduler"]["scheduler"]
+
+
+def test_timed_cosine_ends_at_min_lr_where_the_replanned_length_ends():
+    optimizer, schedule = timed()
+    lr = []
+    for step in range(1, 51):
+        lr.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+        if step == 10:  # 10 steps took 10 of the run's 40 seconds: 40 steps in all
+            schedule.replan(step, elapsed=10.0, limit=40.0)
+    assert lr[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])  # warmup
+    assert lr[4:11] == pytest.approx([0.01] * 7)  # no plan yet: no decay
+    cosine = [0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * min(1, (s - 4) / 36)))
+              for s in range(11, 50)]
+    assert lr[11:] == pytest.approx(cosine)
+    assert lr[40:] == pytest.approx([0.001] * 10)  # min_lr from the planned end on
+
+
+def test_timed_cosine_saves_its_plan_not_its_config():
+    _, schedule = timed()
+    schedule.replan(10, elapsed=5.0, limit=20.0)
+    state = schedule.state_dict()
+    assert state["total_steps"] == 40.0
+    assert not set(TimedCosine.CONFIG) & set(state)
+    _, resumed = timed()
+    resumed.load_state_dict(state)
+    assert resumed.total_steps == 40.0 and resumed.replan_every == 10
+
+
+def fake_trainer(schedule: TimedCosine, timer: Timer, step: int, rank0_elapsed: float | None
+                 ) -> SimpleNamespace:
+    def broadcast(value):  # rank 0's value, as the strategy's broadcast gives it
+        return value if rank0_elapsed is None else rank0_elapsed
+
+    return SimpleNamespace(callbacks=[timer], global_step=step,
+                           lr_scheduler_configs=[SimpleNamespace(scheduler=schedule)],
+                           strategy=SimpleNamespace(broadcast=broadcast))
+
+
+def resumed_timer(limit_s: float, elapsed_s: float) -> Timer:
+    """A Timer of a resumed run that has not restarted its clock: elapsed is fixed."""
+    timer = Timer(duration=timedelta(seconds=limit_s))
+    timer.load_state_dict({"time_elapsed": {"train": elapsed_s}})
+    return timer
+
+
+@pytest.mark.parametrize(("rank0_elapsed", "expected"), [(None, 50 + 75 * 50 / 25),
+                                                          (20.0, 50 + 80 * 50 / 20)])
+def test_timed_schedule_callback_replans_on_rank0s_clock(rank0_elapsed, expected):
+    _, schedule = timed()
+    schedule.replan_every = 25
+    timer = resumed_timer(100.0, 25.0)
+    callback = TimedSchedule()
+    callback.on_train_batch_end(fake_trainer(schedule, timer, 49, rank0_elapsed),
+                                None, None, None, 0)
+    assert schedule.total_steps == float("inf")  # not a replanning step
+    callback.on_train_batch_end(fake_trainer(schedule, timer, 50, rank0_elapsed),
+                                None, None, None, 0)
+    assert schedule.total_steps == pytest.approx(expected)
+
+
+def test_timed_cosine_needs_a_time_limit():
+    with pytest.raises(ConfigError, match=r"set trainer\.max_time"):
+        check_optim({**ADAM, "scheduler": TIMED}, time_limit=False)
+    check_optim({**ADAM, "scheduler": TIMED}, time_limit=True)
+    _, schedule = timed()
+    no_limit = fake_trainer(schedule, Timer(duration=None), 0, None)
+    with pytest.raises(ConfigError, match=r"set trainer\.max_time"):
+        TimedSchedule().on_train_start(no_limit, None)

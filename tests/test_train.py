@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import files_config
+from lightning.pytorch.callbacks import Timer
 from omegaconf import OmegaConf
 from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides
 
@@ -50,7 +51,8 @@ def test_model_and_optim_configs_build(model, optim):  # image models: test_capt
     scheduler = opt["lr_scheduler"]["scheduler"]
     assert type(scheduler).__name__ == {"adam": "ReduceLROnPlateau", "sgd": "ReduceLROnPlateau",
                                         "adamw": "LambdaLR", "adam_cosine": "LambdaLR",
-                                        "adam_cosine_cpu60": "LambdaLR"}[optim]
+                                        "adam_cosine_cpu60": "LambdaLR",
+                                        "adam_cosine_timed": "TimedCosine"}[optim]
     if optim == "adam_cosine_cpu60":  # its own length, not the trainer's estimate
         assert scheduler.lr_lambdas[0].keywords["total_steps"] == 4400
 
@@ -90,6 +92,8 @@ def test_experiment_configs_compose():
     ("optim.scheduler.interval=batch", "optim.scheduler.interval must be one of step, epoch"),
     ("+optim.scheduler.mode=max", "optim.scheduler.mode: follows callbacks.monitor"),
     ("+trainer.max_epoch=3", r"trainer: unknown key\(s\) \['max_epoch'\]"),
+    ("optim=adam_cosine_timed", "TimedCosine ends when the run's time is spent; set "
+                                "trainer.max_time"),
     ("loss.label_smoothing=1.5", r"label_smoothing must be in \[0, 1\)"),
     ("+validation.beam=3", r"validation: unknown key\(s\) \['beam'\]; valid keys: beam_size"),
     ("test_decoding.beam_size=0", "decoding: beam_size must be >= 1, got 0"),
@@ -136,6 +140,23 @@ def test_fast_dev_run_with_any_torch_optimizer(toy_cfg, tmp_path):
     recorder, trainer = fit_recorded(cfg)
     assert trainer.global_step == 1 and len(recorder.steps) == 1
     assert type(trainer.optimizers[0]).__name__ == "RAdam"
+
+
+def test_timed_cosine_is_replanned_from_the_pace_and_checkpointed(toy_cfg, tmp_path):
+    run = tmp_path / "run"
+    cfg = compose_train([*toy_overrides(toy_cfg, run), "optim=adam_cosine_timed",
+                         "optim.scheduler.warmup_steps=2", "optim.scheduler.replan_every=4",
+                         "trainer.max_steps=12", 'trainer.max_time="00:00:30:00"'])
+    _, trainer = fit_recorded(cfg)
+    schedule = trainer.lr_scheduler_configs[0].scheduler
+    # Replanned at step 12 after e <= t seconds (t: the Timer's time at the end), so the
+    # plan is 12 + (1800 - e) * 12 / e >= 12 + (1800 - t) * 12 / t, and finite.
+    [timer] = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    t = timer.time_elapsed()
+    assert 12 + (1800 - t) * 12 / t <= schedule.total_steps < float("inf")
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    [state] = saved["lr_schedulers"]
+    assert state["total_steps"] == schedule.total_steps and "replan_every" not in state
 
 
 def test_train_writes_run_dir_and_checkpoint_with_tokenizers(toy_cfg, tmp_path):
@@ -193,10 +214,13 @@ def test_bf16_mixed_on_cpu(toy_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_see_disjoint_data(toy_cfg, tmp_path):
+    """Also: the timed cosine follows rank 0's clock, so both replicas plan one length."""
     out = tmp_path / "ranks"
     out.mkdir()
     args = [*toy_overrides(toy_cfg, tmp_path / "run"), "trainer.accelerator=cpu",
-            "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=6"]
+            "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=6",
+            "optim=adam_cosine_timed", "optim.scheduler.warmup_steps=1",
+            "optim.scheduler.replan_every=2", 'trainer.max_time="00:00:30:00"']
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "train_helpers.py"), str(out),
                              *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -205,6 +229,9 @@ def test_ddp_two_cpu_processes_see_disjoint_data(toy_cfg, tmp_path):
     assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 6
     seen = [{i for _, _, idx in r["steps"] for i in idx} for r in ranks]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
+    plans = [r["total_steps"] for r in ranks]
+    assert plans[0] == plans[1] and 6 < plans[0][0] < float("inf")
+    assert ranks[0]["lr"] == ranks[1]["lr"]
 
 
 def test_train_command_line(toy_cfg, tmp_path):

@@ -99,6 +99,8 @@ def fit_recorded(cfg, crash_at: int | None = None, callbacks: list[L.Callback] |
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
     recorder, trainer = fit_recorded(compose_train(sys.argv[2:]))
+    schedules = [c.scheduler for c in trainer.lr_scheduler_configs]
     out = {"steps": recorder.steps, "global_step": trainer.global_step,
-           "world_size": trainer.world_size}
+           "world_size": trainer.world_size, "lr": trainer.optimizers[0].param_groups[0]["lr"],
+           "total_steps": [getattr(s, "total_steps", None) for s in schedules]}
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
