@@ -75,9 +75,11 @@ class TimedSchedule(L.Callback):
         due = [s for s in self._schedules(trainer) if step % s.replan_every == 0]
         if not due or timer is None:
             return
-        # One broadcast: every rank reaches this step, so the collective matches.
-        elapsed = float(trainer.strategy.broadcast(timer.time_elapsed()))
-        limit = timer.time_elapsed() + (timer.time_remaining() or 0.0)  # trainer.max_time
+        # Rank 0's numbers on every rank (each rank reaches this step, so the collective
+        # matches): clocks read apart differ by microseconds, and so would the rates.
+        elapsed = timer.time_elapsed()
+        limit = elapsed + (timer.time_remaining() or 0.0)  # trainer.max_time, in seconds
+        elapsed, limit = map(float, trainer.strategy.broadcast((elapsed, limit)))
         for schedule in due:
             schedule.replan(step, elapsed, limit)
 

@@ -156,8 +156,8 @@ def test_timed_cosine_saves_its_plan_not_its_config():
 
 def fake_trainer(schedule: TimedCosine, timer: Timer, step: int, rank0_elapsed: float | None
                  ) -> SimpleNamespace:
-    def broadcast(value):  # rank 0's value, as the strategy's broadcast gives it
-        return value if rank0_elapsed is None else rank0_elapsed
+    def broadcast(value):  # rank 0's (elapsed, limit), as the strategy's broadcast gives it
+        return value if rank0_elapsed is None else (rank0_elapsed, 100.0)
 
     return SimpleNamespace(callbacks=[timer], global_step=step,
                            lr_scheduler_configs=[SimpleNamespace(scheduler=schedule)],
