@@ -65,8 +65,7 @@ class TimedSchedule(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._schedules(trainer) and self._timer(trainer) is None:
-            raise ConfigError("optim.scheduler: nmt.schedules.TimedCosine ends when the "
-                              "run's time is spent; set trainer.max_time")
+            raise ConfigError(TimedCosine.NO_TIME_LIMIT)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
                            batch: Batch, batch_idx: int) -> None:

@@ -44,8 +44,7 @@ def check_optim(optim: dict[str, Any], time_limit: bool = True) -> None:
                            total_steps=lambda: 1)
     if isinstance(made, dict) and isinstance(made["lr_scheduler"]["scheduler"], TimedCosine) \
             and not time_limit:
-        raise ConfigError("optim.scheduler: nmt.schedules.TimedCosine ends when the run's "
-                          "time is spent; set trainer.max_time (DD:HH:MM:SS)")
+        raise ConfigError(TimedCosine.NO_TIME_LIMIT)
 
 
 def follows_metric(optim: dict[str, Any]) -> bool:

@@ -69,6 +69,8 @@ class TimedCosine(LRScheduler):
     """
 
     CONFIG = ("warmup_steps", "min_factor", "replan_every")  # from the config, not saved
+    NO_TIME_LIMIT = ("optim.scheduler: nmt.schedules.TimedCosine ends when the run's time is "
+                     "spent; set trainer.max_time (DD:HH:MM:SS)")
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int = 0, min_lr: float = 0.0,
                  replan_every: int = 100) -> None:
