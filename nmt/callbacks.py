@@ -69,10 +69,10 @@ class TimedSchedule(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
                            batch: Batch, batch_idx: int) -> None:
-        timer = self._timer(trainer)
         step = trainer.global_step
         due = [s for s in self._schedules(trainer) if step % s.replan_every == 0]
-        if not due or timer is None:
+        timer = self._timer(trainer) if due else None  # looked up only on replanning steps
+        if timer is None:
             return
         # Rank 0's numbers on every rank (each rank reaches this step, so the collective
         # matches): clocks read apart differ by microseconds, and so would the rates.
