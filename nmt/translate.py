@@ -24,7 +24,7 @@ from typing import IO, Any, TypeVar
 import torch
 from tqdm import tqdm
 
-from nmt.data.corpus import read_lines, read_stream
+from nmt.data.corpus import read_lines, read_stream, zip_aligned
 from nmt.decoding import Decoding
 from nmt.errors import ConfigError, DataError
 from nmt.translator import Translation, Translator
@@ -151,7 +151,9 @@ def score_file(translator: Translator, inp: str, ref: str, out: str, alpha: floa
     ``<summed log-prob>\t<log-prob / length penalty (alpha)>\t<target pieces + EOS>``.
     The second column is beam search's score for that output; return the pairs."""
     n = 0
-    pairs = zip_lines(input_lines(inp), input_lines(ref), inp, ref)
+    pairs = zip_aligned(input_lines(inp), input_lines(ref), lambda n_inp, n_ref: (
+        f"{inp} has {n_inp} lines but {ref} has {n_ref}; "
+        "line N of one must be paired with line N of the other"))
     bar = tqdm(desc=f"scoring {inp}", unit=" pairs", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     with atomic_output(out) as f:
@@ -163,19 +165,6 @@ def score_file(translator: Translator, inp: str, ref: str, out: str, alpha: floa
             bar.update(len(chunk))
     bar.close()
     return n
-
-
-def zip_lines(a: Iterator[str], b: Iterator[str], a_name: str, b_name: str
-              ) -> Iterator[tuple[str, str]]:
-    """Pairs of lines; a DataError with both counts when one file is longer."""
-    n = 0
-    for n, pair in enumerate(itertools.zip_longest(a, b), start=1):
-        if pair[0] is None or pair[1] is None:
-            rest = n + sum(1 for _ in (b if pair[0] is None else a))
-            counts = (n - 1, rest) if pair[0] is None else (rest, n - 1)
-            raise DataError(f"{a_name} has {counts[0]} lines but {b_name} has {counts[1]}; "
-                            "line N of one must be paired with line N of the other")
-        yield pair[0], pair[1]
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

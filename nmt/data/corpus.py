@@ -12,9 +12,10 @@ import gzip
 import io
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from nmt.errors import DataError
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
 DATA_DIR_ENV = "NMT_DATA_DIR"
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
@@ -79,18 +83,26 @@ def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike
 
     Raises DataError with both line counts if the two sides differ in length.
     """
-    src_it = read_lines(src_path)
-    tgt_it = read_lines(tgt_path)
+    return zip_aligned(read_lines(src_path), read_lines(tgt_path),
+                       lambda n_src, n_tgt: _misaligned(src_path, n_src, tgt_path, n_tgt))
+
+
+def zip_aligned(a: Iterator[T], b: Iterator[U], misaligned: Callable[[int, int], str]
+                ) -> Iterator[tuple[T, U]]:
+    """Pairs of items of two streams that must be as long as each other; when one ends
+    first, count the rest of the other and raise DataError(misaligned(len(a), len(b)))."""
     n = 0
-    for n, src in enumerate(src_it, start=1):
-        tgt = next(tgt_it, None)
-        if tgt is None:
-            n_src = n + sum(1 for _ in src_it)
-            raise DataError(_misaligned(src_path, n_src, tgt_path, n - 1))
-        yield src, tgt
-    rest = sum(1 for _ in tgt_it)
+    for n, x in enumerate(a, start=1):
+        y = next(b, _END)
+        if y is _END:
+            raise DataError(misaligned(n + sum(1 for _ in a), n - 1))
+        yield x, y  # type: ignore[misc]
+    rest = sum(1 for _ in b)
     if rest:
-        raise DataError(_misaligned(src_path, n, tgt_path, n + rest))
+        raise DataError(misaligned(n, n + rest))
+
+
+_END = object()
 
 
 def _misaligned(src_path: str | os.PathLike, n_src: int, tgt_path: str | os.PathLike,
