@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,11 @@ class NMTDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_state = state or None
+        if self._resume_state is not None:
+            # Lightning warns on a mid-epoch resume unless the DataLoader itself has a
+            # state_dict; the position is restored here instead (the sampler skips the
+            # batches done), so the warning would be false.
+            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
 
     def prepare_data(self) -> None:
         prepare(self.data_cfg, self.tokenizer_cfg)
