@@ -24,7 +24,7 @@ from torch import nn
 from nmt.model.attention import build_attention
 from nmt.model.cells import State, build_rnn, get_cell, map_state, run_rnn
 from nmt.model.deferred import deferred_weight_gradients, linear, loop_linears
-from nmt.model.dropout import Dropout, dropout
+from nmt.model.dropout import Dropout
 
 
 class DecoderState(NamedTuple):
@@ -130,7 +130,7 @@ class RNNDecoder(nn.Module):
             inp = h
             if layer < self.num_layers - 1 and rnn.dropout and self.training:
                 # nn.RNNBase keeps dropout as a float; Module.__getattr__'s stub says Tensor
-                inp = dropout(inp, cast(float, rnn.dropout))
+                inp = nn.functional.dropout(inp, cast(float, rnn.dropout), training=True)
         if self.num_layers == 1:  # the usual case: views, not stack's copies, every step
             return h, ((h.unsqueeze(0), cs[0].unsqueeze(0)) if self.paired else h.unsqueeze(0))
         return h, ((torch.stack(hs), torch.stack(cs)) if self.paired else torch.stack(hs))

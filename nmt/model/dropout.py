@@ -13,18 +13,11 @@ import torch
 from torch import nn
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """nn.functional.dropout (not in place), with the cheaper mask on the CPU."""
-    if not training or p == 0 or x.device.type != "cpu":
-        return nn.functional.dropout(x, p, training)
-    keep = (torch.rand_like(x) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
-    return x * keep
-
-
 class Dropout(nn.Dropout):
     """nn.Dropout with a cheaper mask on the CPU (same parameters-free module, same ``p``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inplace:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace:
             return super().forward(x)
-        return dropout(x, self.p, self.training)
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * keep
