@@ -87,6 +87,9 @@ def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike
                        lambda n_src, n_tgt: _misaligned(src_path, n_src, tgt_path, n_tgt))
 
 
+_END = object()  # zip_aligned's mark for a stream that ended
+
+
 def zip_aligned(a: Iterator[T], b: Iterator[U], misaligned: Callable[[int, int], str]
                 ) -> Iterator[tuple[T, U]]:
     """Pairs of items of two streams that must be as long as each other; when one ends
@@ -100,9 +103,6 @@ def zip_aligned(a: Iterator[T], b: Iterator[U], misaligned: Callable[[int, int],
     rest = sum(1 for _ in b)
     if rest:
         raise DataError(misaligned(n, n + rest))
-
-
-_END = object()
 
 
 def _misaligned(src_path: str | os.PathLike, n_src: int, tgt_path: str | os.PathLike,
