@@ -69,7 +69,8 @@ def test_training_keeps_what_averaging_takes(trained):
         assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 3
         config = (run / "config.yaml").read_text()
         assert f"seed: {seed}\n" in config and "keep_last: 3\n" in config
-        assert "input_feeding: false" in config  # the experiment, under the toy overrides
+        assert "input_feeding: true" in config  # the experiment, under the toy overrides
+        assert "_target_: nmt.schedules.TimedCosine" in config
 
 
 def test_table_rows(evaluated):
