@@ -21,7 +21,7 @@ DEMO_DIR ?= runs/demo
 CAPTION_ARGS ?= trainer.max_time=00:00:12:00
 CAPTION_DIR ?= runs/demo-caption
 
-.PHONY: install demo demo-caption test test-fast lint typecheck browser bench-data bench-train bench-translate
+.PHONY: install demo demo-caption test test-fast lint typecheck layers browser bench-data bench-train bench-translate
 
 install: $(VENV)/.installed
 
@@ -54,13 +54,17 @@ lint: install
 typecheck: install
 	$(PY) -m mypy
 
+# The layers contract and no import circle (pyproject.toml, [tool.importlinter]).
+layers: install
+	$(VENV)/bin/lint-imports
+
 # Debian's Chromium for the demo page's browser test (tests/test_demo_page.py), which
 # fails instead of skipping under NMT_REQUIRE_BROWSER=1.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-test: lint typecheck browser
+test: lint typecheck layers browser
 	NMT_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow"
 
 test-fast: install

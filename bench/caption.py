@@ -31,17 +31,17 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from nmt.captioner import Caption, Captioner  # noqa: E402
+from nmt.core.metrics import caption_scores  # noqa: E402
 from nmt.data.captioning import CaptionDataConfig, read_records  # noqa: E402
 from nmt.data.captions import CaptionedImage  # noqa: E402
 from nmt.data.prepare import from_dict  # noqa: E402
 from nmt.data.shapes import AttendedWord, ShapeObject, attended_words  # noqa: E402
-from nmt.decoding import Decoding  # noqa: E402
-from nmt.metrics import caption_scores  # noqa: E402
+from nmt.decoding.options import Decoding  # noqa: E402
+from nmt.inference.captioner import Caption, Captioner  # noqa: E402
 
 
 def train(run_dir: Path, overrides: list[str]) -> tuple[str, float, dict]:
-    from nmt.train import train as run_training
+    from nmt.training.train import train as run_training
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[

@@ -40,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 from multi30k import split_lines  # noqa: E402
 
-from nmt.decoding import Decoding  # noqa: E402
+from nmt.core.metrics import corpus_scores  # noqa: E402
+from nmt.decoding.options import Decoding  # noqa: E402
 from nmt.export.exporter import export_checkpoint  # noqa: E402
-from nmt.metrics import corpus_scores  # noqa: E402
-from nmt.translate import resolve_workers, share_threads  # noqa: E402
-from nmt.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
+from nmt.inference.options import resolve_workers, share_threads  # noqa: E402
+from nmt.inference.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
 
 DECODINGS = {"greedy": Decoding(beam_size=1), "beam5": Decoding(beam_size=5)}
 

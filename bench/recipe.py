@@ -17,10 +17,10 @@ command. Each session's wall time is added to RUNS_DIR/seed<N>/recipe.json.
 
 Evaluation (alone, or after ``--train`` unless ``--no-evaluate``): for every
 complete run, its best checkpoint (metrics.json) and the average of its 5 best
-checkpoints by dev BLEU (``--average best=N`` or ``last=N``; nmt/average.py, written
+checkpoints by dev BLEU (``--average best=N`` or ``last=N``; nmt/inference/average.py, written
 once to RUN/average-best5.ckpt and reused); then the ensemble of the singles and the ensemble of
 the averages (2 runs or more). Each is scored by evaluate.py's own code
-(``nmt.evaluate.run``) with beam 5 on every test split of the runs' data (a catalog
+(``nmt.inference.evaluate.run``) with beam 5 on every test split of the runs' data (a catalog
 corpus: its test splits with both languages; data=files: test) that can be had here; one
 line names the splits that cannot be fetched (offline, no local copy), which are left
 out. BLEU is sacreBLEU's, cased, on detokenized output, as evaluate.py reports it.
@@ -62,13 +62,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from sacrebleu.metrics import BLEU  # noqa: E402
 from sacrebleu.significance import PairedTest, Result  # noqa: E402
 
-from nmt.average import average_checkpoints, select_best, select_last  # noqa: E402
-from nmt.checkpointing import LAST, Preempted, atomic_torch_save  # noqa: E402
-from nmt.config import check_overrides  # noqa: E402
+from nmt.cli.config import check_overrides  # noqa: E402
+from nmt.core.errors import CheckpointError, ConfigError, DataError, NMTError  # noqa: E402
 from nmt.data.catalog import fetch_split, get_catalog_corpus  # noqa: E402
 from nmt.data.corpus import read_lines  # noqa: E402
-from nmt.decoding import Decoding, load_checkpoint  # noqa: E402
-from nmt.errors import CheckpointError, ConfigError, DataError, NMTError  # noqa: E402
+from nmt.decoding.checkpoints import LAST, atomic_torch_save, load_checkpoint  # noqa: E402
+from nmt.decoding.options import Decoding  # noqa: E402
+from nmt.inference.average import average_checkpoints, select_best, select_last  # noqa: E402
+from nmt.training.checkpointing import Preempted  # noqa: E402
 # isort: on
 
 DEFAULT_SEEDS = (1, 2, 3)
@@ -135,7 +136,7 @@ def train_overrides(seed: int, run_dir: Path, experiment: str | None, averaging:
 def train_seeds(runs_dir: Path, seeds: Sequence[int], experiment: str | None,
                 averaging: Averaging, overrides: Sequence[str]) -> None:
     """Train (or resume) the run of every seed that is not complete, one after another."""
-    from nmt.train import train
+    from nmt.training.train import train
 
     for seed in seeds:
         run_dir = seed_dir(runs_dir, seed)
@@ -295,7 +296,7 @@ def test_splits(data: DictConfig, asked: Sequence[str] | None) -> tuple[list[str
 def evaluate_system(system: System, data: DictConfig, splits: list[str], out_dir: Path,
                     beam_size: int, device: str) -> dict[str, dict[str, Any]]:
     """Split -> evaluate.py's report entry for ``system`` (reused from out_dir if there)."""
-    from nmt.evaluate import run as run_evaluation
+    from nmt.inference.evaluate import run as run_evaluation
 
     cfg = check_overrides("evaluate", [f"decoding.beam_size={beam_size}", f"device={device}",
                                        "progress=false"])
@@ -387,7 +388,7 @@ def results_markdown(result: dict[str, Any], systems: list[System],
     parts = [
         f"# Recipe: single, averaged, ensemble ({result['date']})",
         f"Machine: {result['machine']}. Seeds {', '.join(map(str, seeds))}; training minutes "
-        f"{', '.join(fmt(m) for m in result['train_minutes'])}. Averaged: nmt/average.py "
+        f"{', '.join(fmt(m) for m in result['train_minutes'])}. Averaged: nmt/inference/average.py "
         f"{result['average']}. Beam {result['beam_size']}. Command: `{command}`",
         f"BLEU (sacreBLEU, cased, detokenized; {result['bleu_signature']}); std is the sample "
         "standard deviation over the seeds (ddof=1).",

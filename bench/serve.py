@@ -46,9 +46,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from multi30k import split_lines  # noqa: E402
 
-from nmt.decoding import Decoding  # noqa: E402
-from nmt.translate import resolve_workers, share_threads  # noqa: E402
-from nmt.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
+from nmt.decoding.options import Decoding  # noqa: E402
+from nmt.inference.options import resolve_workers, share_threads  # noqa: E402
+from nmt.inference.translator import DEFAULT_BATCH_TOKENS, Translator  # noqa: E402
 
 
 def free_port() -> int:

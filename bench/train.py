@@ -36,8 +36,8 @@ import nmt  # noqa: E402, F401  (first: makes an installed torchvision importabl
 import lightning as L  # noqa: E402
 from flops import ceiling, counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from nmt.data.tokenizer import PAD_ID  # noqa: E402
-from nmt.train import build  # noqa: E402
+from nmt.core.tokens import PAD_ID  # noqa: E402
+from nmt.training.train import build  # noqa: E402
 # isort: on
 
 
@@ -76,7 +76,7 @@ class StepTimer(L.Callback):
 
 def training_flops(module, batch) -> float:
     """Floating-point operations of one training step (forward + backward) on ``batch``."""
-    from nmt.module import label_smoothed_nll
+    from nmt.training.module import label_smoothed_nll
 
     try:
         with counting(module, rnn_passes=3) as count:

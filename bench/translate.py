@@ -8,7 +8,7 @@ Without a checkpoint, the script first trains the default recipe briefly itself
 token-budget batches, and with beam 5 one sentence at a time (the first
 --unbatched sentences), all in the same run, and checks that batched and
 unbatched beam search agree. It times beam 5 with the lexical shortlist
-(nmt/shortlist.py; built from the training pairs when the checkpoint carries
+(nmt/decoding/shortlist.py; built from the training pairs when the checkpoint carries
 no table) against beam 5 without it, with the BLEU of both. On the CPU it
 also times one batch at a time (workers=1), counts the FLOPs that decoding
 takes per sentence and measures this machine's own float32 matmul speed,
@@ -38,11 +38,11 @@ from flops import ceiling, counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from multi30k import split_lines  # noqa: E402
 
-from nmt.decoding import Decoding  # noqa: E402
-from nmt.metrics import corpus_scores  # noqa: E402
-from nmt.shortlist import from_lines  # noqa: E402
-from nmt.translate import resolve_workers  # noqa: E402
-from nmt.translator import (  # noqa: E402
+from nmt.core.metrics import corpus_scores  # noqa: E402
+from nmt.decoding.options import Decoding  # noqa: E402
+from nmt.decoding.shortlist import from_lines  # noqa: E402
+from nmt.inference.options import resolve_workers  # noqa: E402
+from nmt.inference.translator import (  # noqa: E402
     DEFAULT_BATCH_TOKENS,
     Translator,
     length_batches,
@@ -53,7 +53,7 @@ THREADS = torch.get_num_threads()  # all of them, before any sharing
 
 
 def train_briefly(steps: int, run_dir: Path) -> Path:
-    from nmt.train import train
+    from nmt.training.train import train
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[

@@ -1,6 +1,8 @@
 """RNN neural machine translation with PyTorch Lightning and Hydra."""
 
-__version__ = "0.1.0"
+from nmt.core import __version__
+
+__all__ = ["__version__"]
 
 # An installed torchvision whose compiled ops do not fit this torch (a wheel built for
 # another torch) breaks lightning's import, which imports torchvision when it is there:
@@ -11,4 +13,4 @@ prepare_torchvision()
 
 # Registers the structured config schema that conf/train.yaml starts from, so that any
 # Hydra composition of our configs (command line, tests, notebooks) finds it.
-from nmt import config as _config  # noqa: E402, F401
+from nmt.cli import config as _config  # noqa: E402, F401

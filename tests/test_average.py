@@ -1,4 +1,4 @@
-"""Checkpoint averaging (nmt/average.py, average.py) and the checkpoints training keeps
+"""Checkpoint averaging (nmt/inference/average.py, average.py) and the checkpoints training keeps
 for it (callbacks.keep_last, callbacks.keep_best), on a tiny run of the toy corpus."""
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from conftest import files_config, toy_pairs
 from omegaconf import OmegaConf
 from train_helpers import ROOT, compose_train, toy_overrides
 
-from nmt.average import average_checkpoints, select_best, select_last
-from nmt.average import run as run_average
+from nmt.core.errors import CheckpointError, ConfigError
 from nmt.data.tokenizer import TokenizerConfig, train_sentencepiece
-from nmt.decoding import Decoding, load_checkpoint
-from nmt.errors import CheckpointError, ConfigError
+from nmt.decoding.checkpoints import load_checkpoint
+from nmt.decoding.options import Decoding
+from nmt.inference.average import average_checkpoints, select_best, select_last
+from nmt.inference.average import run as run_average
+from nmt.inference.translator import Translator
 from nmt.model import build_model, model_record
-from nmt.train import resolve_ckpt_path
-from nmt.translator import Translator
+from nmt.training.train import resolve_ckpt_path
 
 SENTENCES = [s for s, _ in toy_pairs(8, seed=7)]
 
@@ -39,7 +40,7 @@ def outputs(checkpoint: Path) -> list[tuple[list[int], float]]:
 def run(toy_dir, tmp_path_factory, one_thread) -> Path:
     """4 epochs of 3 steps, resumed after 2 from last.ckpt, keeping the 2 newest and the
     2 best checkpoints by val/loss."""
-    from nmt.train import train
+    from nmt.training.train import train
 
     tmp = tmp_path_factory.mktemp("averaging")
     base = [*toy_overrides(files_config(toy_dir, tmp / "cache"), tmp / "run"),

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from nmt.core.errors import DataError
 from nmt.data import shapes
 from nmt.data.captions import KARPATHY_SPLITS, CaptionedImage, read_caption_csv, read_karpathy
 from nmt.data.images import IMAGENET_MEAN as MEAN
 from nmt.data.images import IMAGENET_STD as STD
 from nmt.data.images import normalize, preprocess, read_pixels, to_pixels
 from nmt.data.shapes import ShapeObject, make_scene, object_for_phrase, render, scene_captions
-from nmt.errors import DataError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from nmt.data.tokenizer import PAD_ID
-from nmt.loss import attention_coverage_penalty
-from nmt.metrics import CAPTION_METRICS, caption_scores, caption_tokens
+from nmt.core.metrics import CAPTION_METRICS, caption_scores, caption_tokens
+from nmt.core.tokens import PAD_ID
+from nmt.training.loss import attention_coverage_penalty
 
 REFS = [["a large red circle to the left of a small blue square",
          "a small blue square to the right of a large red circle"],

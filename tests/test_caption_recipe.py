@@ -16,10 +16,11 @@ import pytest
 import torch
 from train_helpers import ROOT
 
-from nmt.captioner import Caption, Captioner
 from nmt.data.captioning import ImageSettings
 from nmt.data.datamodule import CaptionDataModule
-from nmt.decoding import Decoding, decode
+from nmt.decoding.dispatch import decode
+from nmt.decoding.options import Decoding
+from nmt.inference.captioner import Caption, Captioner
 
 MINUTES = 10  # the training budget (the issue allows 15 on this CPU; epoch 2, after about
 # 7 minutes, already gives BLEU-4 93.5 and 92.5% attention: docs/captioning.md)

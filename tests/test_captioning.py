@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from train_helpers import ROOT, compose_train
 
-from nmt.captioner import Caption, Captioner, ImageFailure
-from nmt.config import check_overrides
+from nmt.cli.config import check_overrides
+from nmt.core.errors import CheckpointError, ConfigError
 from nmt.data.captioning import ImageSettings
 from nmt.data.datamodule import CaptionDataModule
-from nmt.decoding import Decoding
-from nmt.errors import CheckpointError, ConfigError
-from nmt.train import build
+from nmt.decoding.options import Decoding
+from nmt.inference.captioner import Caption, Captioner, ImageFailure
+from nmt.training.train import build
 
 TINY = ["data.shapes.train=96", "data.shapes.valid=12", "data.shapes.test=12"]
 SMALL_MODEL = ["model.channels=[8,16,16,16,16]", "model.emb_size=16",
@@ -142,7 +142,7 @@ def test_a_frozen_encoder_trains_on_features_cached_once(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint, data root): a tiny captioner trained for two epochs on 96 images."""
-    from nmt.train import train
+    from nmt.training.train import train
 
     tmp = tmp_path_factory.mktemp("caption")
     train(compose_train(caption_overrides(tmp, "trainer.max_epochs=2", "optim.lr=0.005",
@@ -170,7 +170,7 @@ def test_captioner_skips_unreadable_files_in_place(trained, tmp_path):
 
 
 def test_a_translation_checkpoint_is_refused(trained):
-    from nmt.translator import Translator
+    from nmt.inference.translator import Translator
 
     with pytest.raises(CheckpointError, match=r"an image captioning model.*use caption\.py"):
         Translator.from_checkpoint(trained[0])
@@ -242,7 +242,7 @@ class _Trainer:
 def test_precise_batchnorm_recomputes_the_cnn_statistics_only(tmp_path):
     from torch import nn
 
-    from nmt.callbacks import PreciseBatchNorm
+    from nmt.training.callbacks import PreciseBatchNorm
 
     cfg = compose_train(caption_overrides(tmp_path))
     dm, module, _ = build(cfg, tmp_path / "run")
@@ -282,7 +282,7 @@ def test_training_batches_mix_images_of_every_caption_length(tiny_dm):
 def test_image_model_configs_build_with_their_optimizer_groups(model):
     cfg = compose_train(["task=caption", f"model={model}", "model.pretrained=null",
                          "model.freeze=false", "model.encoder_lr=0.0001"])
-    from nmt.train import make_module
+    from nmt.training.train import make_module
 
     module = make_module(cfg, 1, 20)
     groups = module.parameter_groups()

@@ -123,7 +123,7 @@ def test_command_logging_follows_sys_stderr(monkeypatch):
     import io
     import logging
 
-    from nmt import cli
+    from nmt.cli import commands as cli
 
     first, second = io.StringIO(), io.StringIO()
     root = logging.getLogger()

@@ -13,9 +13,9 @@ from conftest import files_config
 from omegaconf import OmegaConf
 from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides
 
-from nmt.config import check_overrides
-from nmt.errors import ConfigError
-from nmt.train import build, make_loggers
+from nmt.cli.config import check_overrides
+from nmt.core.errors import ConfigError
+from nmt.training.train import build, make_loggers
 
 
 def choices(group: str) -> list[str]:

@@ -21,6 +21,8 @@ from conftest import (
     write_side,
 )
 
+from nmt.core.errors import ConfigError, DataError, TokenizerError
+from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID
 from nmt.data import catalog as catalog_mod
 from nmt.data import dataset as dataset_mod
 from nmt.data import tokenizer as tokenizer_mod
@@ -29,15 +31,7 @@ from nmt.data.corpus import CleanConfig, read_lines, read_parallel
 from nmt.data.datamodule import NMTDataModule
 from nmt.data.dataset import Batch, collate
 from nmt.data.prepare import describe, prepare
-from nmt.data.tokenizer import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    Tokenizer,
-    TokenizerConfig,
-    train_sentencepiece,
-)
-from nmt.errors import ConfigError, DataError, TokenizerError
+from nmt.data.tokenizer import Tokenizer, TokenizerConfig, train_sentencepiece
 
 # --- reading ---------------------------------------------------------------------------------
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from test_search import HAND, PlainModel, TableModel, TinyModel, table_batch
 
-from nmt.beam import beam_search
+from nmt.core.errors import ConfigError
 from nmt.data.dataset import Batch
-from nmt.decoding import Decoding, SourceBatch, decode
-from nmt.errors import ConfigError
-from nmt.search import greedy_search, max_lengths, sample
+from nmt.decoding.beam import beam_search
+from nmt.decoding.dispatch import SourceBatch, decode
+from nmt.decoding.options import Decoding
+from nmt.decoding.search import greedy_search, max_lengths, sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

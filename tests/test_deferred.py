@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import nmt.model.decoder as decoder_module
-from nmt.allocator import keep_freed_memory
 from nmt.model.attention import AdditiveAttention
 from nmt.model.decoder import DecoderState, RNNDecoder
 from nmt.model.deferred import deferred_weight_gradients, linear, loop_linears
+from nmt.training.allocator import keep_freed_memory
 
 B, T, S, EMB, HID, MEM = 3, 5, 4, 8, 12, 10
 

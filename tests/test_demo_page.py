@@ -22,8 +22,8 @@ from conftest import toy_pairs
 from test_serve import Server
 from train_helpers import ROOT
 
-from nmt.decoding import Decoding
-from nmt.translator import Translator
+from nmt.decoding.options import Decoding
+from nmt.inference.translator import Translator
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -205,7 +205,7 @@ def test_page_uses_no_external_urls():
 def test_page_captions_an_image_with_attention_panels(page, caption_checkpoint, tmp_path):
     from PIL import Image, ImageDraw
 
-    from nmt.captioner import Captioner
+    from nmt.inference.captioner import Captioner
 
     # Wider than tall: the model sees the centre square, and so do the panels.
     image = Image.new("RGB", (48, 32), "black")

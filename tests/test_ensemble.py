@@ -16,14 +16,16 @@ from test_translate import run_cli
 from torch import nn
 from train_helpers import compose_train, toy_overrides
 
-from nmt.beam import beam_search
+from nmt.core.errors import CheckpointError
 from nmt.data.tokenizer import TokenizerConfig, train_sentencepiece
-from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
-from nmt.ensemble import Ensemble
-from nmt.errors import CheckpointError
+from nmt.decoding.beam import beam_search
+from nmt.decoding.checkpoints import load_checkpoint
+from nmt.decoding.dispatch import SourceBatch, decode
+from nmt.decoding.ensemble import Ensemble
+from nmt.decoding.options import Decoding
+from nmt.decoding.search import greedy_search, score_targets
+from nmt.inference.translator import Translator, pad_sources
 from nmt.model import build_model
-from nmt.search import greedy_search, score_targets
-from nmt.translator import Translator, pad_sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,7 +121,7 @@ def test_scores_of_given_targets_equal_the_search_scores():
 @pytest.fixture(scope="module")
 def checkpoints(toy_dir, tmp_path_factory) -> list[Path]:
     """A tiny trained model, and a second one with the same vocabulary: its weights moved."""
-    from nmt.train import train
+    from nmt.training.train import train
 
     tmp = tmp_path_factory.mktemp("trained")
     train(compose_train([*toy_overrides(files_config(toy_dir, tmp / "cache"), tmp / "run"),

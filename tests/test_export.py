@@ -16,11 +16,13 @@ from conftest import toy_pairs, write_side
 from hydra import compose, initialize_config_dir
 from train_helpers import ROOT, train_toy_model
 
-from nmt.data.tokenizer import EOS_ID, PAD_ID
-from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
-from nmt.errors import CheckpointError, ConfigError
+from nmt.core.errors import CheckpointError, ConfigError
+from nmt.core.tokens import EOS_ID, PAD_ID
+from nmt.decoding.checkpoints import load_checkpoint
+from nmt.decoding.dispatch import SourceBatch, decode
+from nmt.decoding.options import Decoding
+from nmt.inference.translator import Translator
 from nmt.model import build_model
-from nmt.translator import Translator
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -248,7 +250,7 @@ def compose_cli(config: str, *overrides: str):
 
 
 def test_export_and_translate_configs(checkpoint, tmp_path, capsys):
-    from nmt import cli
+    from nmt.cli import commands as cli
 
     out = tmp_path / "model-int8"
     summary = cli.export(compose_cli("export", f"checkpoint={checkpoint}", "format=int8",

@@ -11,8 +11,8 @@ import torch
 from conftest import files_config, toy_pairs
 from train_helpers import compose_train, fit_recorded, toy_overrides
 
-from nmt.decoding import Decoding
-from nmt.translator import Translator
+from nmt.decoding.options import Decoding
+from nmt.inference.translator import Translator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -48,7 +48,7 @@ def test_ddp_strategy_on_one_gpu_then_cpu(toy_cfg, tmp_path):
 
 
 def test_translation_on_cuda_matches_cpu(toy_cfg, tmp_path):
-    from nmt.train import train
+    from nmt.training.train import train
 
     cfg = compose_train([*toy_overrides(toy_cfg, tmp_path / "run"), "trainer.max_epochs=4",
                          "test_after_training=false", "optim.lr=0.01"])

@@ -13,11 +13,11 @@ from test_model import make, toy_batch
 from test_registry import checkpoint_of
 from train_helpers import ROOT
 
-from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.core.tokens import BOS_ID, EOS_ID
 from nmt.model import build_model, model_from_checkpoint
 from nmt.model.backbones import import_torchvision
 from nmt.model.image_encoder import ImageEncoder
-from nmt.module import label_smoothed_nll
+from nmt.training.module import label_smoothed_nll
 
 V = 23  # test_model's vocabulary (toy_batch)
 CHANNELS = [4, 8, 8, 8, 12]  # a tiny "small" backbone: 12 channels, grid = size / 8

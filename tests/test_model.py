@@ -12,7 +12,7 @@ from nmt.data.dataset import collate
 from nmt.model import Seq2Seq, build_model
 from nmt.model.attention import ATTENTIONS, attention_choices, build_attention
 from nmt.model.encoder import sequence_mask
-from nmt.module import label_smoothed_nll
+from nmt.training.module import label_smoothed_nll
 
 V = 23
 CELLS = ("rnn", "gru", "lstm")

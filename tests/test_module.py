@@ -11,11 +11,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from nmt.callbacks import TimedSchedule
-from nmt.errors import ConfigError
-from nmt.metrics import corpus_scores, signatures
-from nmt.optim import build_optimizer, check_optim, follows_metric
-from nmt.schedules import TimedCosine
+from nmt.core.errors import ConfigError
+from nmt.core.metrics import corpus_scores, signatures
+from nmt.training.callbacks import TimedSchedule
+from nmt.training.optim import build_optimizer, check_optim, follows_metric
+from nmt.training.schedules import TimedCosine
 
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01}
 PLATEAU = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True,
@@ -69,8 +69,8 @@ def lrs(made: dict, steps: int) -> list[float]:
 
 
 def test_warmup_cosine_runs_to_min_lr_over_the_estimated_steps():
-    cosine = {"_target_": "nmt.schedules.warmup_cosine", "warmup_steps": 4, "min_lr": 0.001,
-              "total_steps": None, "interval": "step"}
+    cosine = {"_target_": "nmt.training.schedules.warmup_cosine", "warmup_steps": 4,
+              "min_lr": 0.001, "total_steps": None, "interval": "step"}
     made = build_optimizer({**ADAM, "scheduler": cosine}, params(), ("val/bleu", "max"),
                            total_steps=lambda: 20)
     lr = lrs(made, 25)
@@ -82,8 +82,21 @@ def test_warmup_cosine_runs_to_min_lr_over_the_estimated_steps():
     assert lrs(explicit, 11)[10] == pytest.approx(0.001)
 
 
+def test_a_schedule_named_by_its_path_before_the_package_split_still_builds():
+    # Configs and checkpoints written before nmt/ had packages name nmt.schedules.X.
+    old = {"_target_": "nmt.schedules.warmup_cosine", "warmup_steps": 4, "min_lr": 0.001,
+           "total_steps": 10, "interval": "step"}
+    new = {**old, "_target_": "nmt.training.schedules.warmup_cosine"}
+    lr_old = lrs(build_optimizer({**ADAM, "scheduler": old}, params(), ("val/bleu", "max"),
+                                 no_estimate), 12)
+    lr_new = lrs(build_optimizer({**ADAM, "scheduler": new}, params(), ("val/bleu", "max"),
+                                 no_estimate), 12)
+    assert lr_old == lr_new and lr_old[10] == pytest.approx(0.001)
+    assert not follows_metric({"scheduler": old})
+
+
 def test_warmup_inverse_sqrt_peaks_at_warmup_then_decays():
-    inv = {"_target_": "nmt.schedules.warmup_inverse_sqrt", "warmup_steps": 4,
+    inv = {"_target_": "nmt.training.schedules.warmup_inverse_sqrt", "warmup_steps": 4,
            "interval": "step"}
     lr = lrs(build_optimizer({**ADAM, "scheduler": inv}, params(), ("val/bleu", "max"),
                              no_estimate), 16)
@@ -110,13 +123,13 @@ def test_signatures_are_those_of_the_scores():
 
 
 def test_warmup_cosine_needs_a_finite_run():
-    cosine = {"_target_": "nmt.schedules.warmup_cosine", "total_steps": None}
+    cosine = {"_target_": "nmt.training.schedules.warmup_cosine", "total_steps": None}
     with pytest.raises(ConfigError, match=r"optim.scheduler: .*set optim.scheduler.total_steps"):
         build_optimizer({**ADAM, "scheduler": cosine}, params(), ("val/bleu", "max"),
                         total_steps=lambda: float("inf"))
 
 
-TIMED = {"_target_": "nmt.schedules.TimedCosine", "warmup_steps": 4, "min_lr": 0.001,
+TIMED = {"_target_": "nmt.training.schedules.TimedCosine", "warmup_steps": 4, "min_lr": 0.001,
          "replan_every": 10, "interval": "step"}
 
 

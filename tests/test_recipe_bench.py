@@ -17,7 +17,7 @@ import torch
 from conftest import files_config
 from train_helpers import ROOT, toy_overrides
 
-from nmt.errors import ConfigError, DataError
+from nmt.core.errors import ConfigError, DataError
 
 
 def load_bench(name: str):
@@ -70,7 +70,7 @@ def test_training_keeps_what_averaging_takes(trained):
         config = (run / "config.yaml").read_text()
         assert f"seed: {seed}\n" in config and "keep_last: 3\n" in config
         assert "input_feeding: true" in config  # the experiment, under the toy overrides
-        assert "_target_: nmt.schedules.TimedCosine" in config
+        assert "_target_: nmt.training.schedules.TimedCosine" in config
 
 
 def test_table_rows(evaluated):

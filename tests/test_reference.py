@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nmt.decoding import Decoding, SourceBatch, decode
+from nmt.decoding.dispatch import SourceBatch, decode
+from nmt.decoding.options import Decoding
 from nmt.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

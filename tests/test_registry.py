@@ -20,16 +20,16 @@ from test_model import OPTIONS, grid_options, toy_batch
 from torch import nn
 from train_helpers import ROOT
 
-from nmt.decoding import Decoding
-from nmt.errors import CheckpointError
+from nmt.core.errors import CheckpointError
+from nmt.decoding.options import Decoding
+from nmt.decoding.search import greedy_search
 from nmt.model import build_model, model_from_checkpoint, model_record
 from nmt.model.attention import ATTENTIONS, Attention, attention_choices, register_attention
 from nmt.model.cells import CELLS, register_cell
 from nmt.model.encoder import Encoder, sequence_mask
 from nmt.model.registry import ENCODERS, register_encoder, upgrade_checkpoint
 from nmt.model.seq2seq import LEGACY_NAMES
-from nmt.module import TranslationModule, label_smoothed_nll
-from nmt.search import greedy_search
+from nmt.training.module import TranslationModule, label_smoothed_nll
 
 V = 23
 SMALL = {"emb_size": 8, "encoder_hidden": 6, "decoder_hidden": 12, "dropout": 0.0}

@@ -20,10 +20,11 @@ import torch
 from conftest import files_config
 from train_helpers import ROOT, compose_train, toy_overrides
 
-from nmt.checkpointing import AtomicCheckpointIO, atomic_torch_save, rng_states, set_rng_states
-from nmt.errors import CheckpointError, ConfigError
-from nmt.loggers import read_rows
-from nmt.train import build, plugins, train
+from nmt.core.errors import CheckpointError, ConfigError
+from nmt.decoding.checkpoints import atomic_torch_save
+from nmt.training.checkpointing import AtomicCheckpointIO, rng_states, set_rng_states
+from nmt.training.loggers import read_rows
+from nmt.training.train import build, plugins, train
 
 TESTS = Path(__file__).resolve().parent
 

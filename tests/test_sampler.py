@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nmt.core.errors import ConfigError
 from nmt.data.prepare import padding_ratio
 from nmt.data.sampler import TokenBatchSampler, batch_cost
-from nmt.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.beam import beam_search
-from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from nmt.decoding import Decoding
-from nmt.errors import ConfigError
-from nmt.search import (
+from nmt.core.errors import ConfigError
+from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from nmt.decoding.beam import beam_search
+from nmt.decoding.options import Decoding
+from nmt.decoding.search import (
     Hypothesis,
     greedy_search,
     length_penalty,

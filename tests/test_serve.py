@@ -26,14 +26,15 @@ from conftest import toy_pairs
 from PIL import Image
 from train_helpers import ROOT
 
-from nmt.captioner import Captioner
-from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, train_sentencepiece
-from nmt.decoding import Decoding
+from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.tokenizer import TokenizerConfig, train_sentencepiece
+from nmt.decoding.options import Decoding
+from nmt.decoding.shortlist import from_lines as shortlist_from_lines
+from nmt.inference.captioner import Captioner
+from nmt.inference.translate import translate_file
+from nmt.inference.translator import Translator, length_batches, pad_sources
 from nmt.model import build_model
 from nmt.model.registry import model_record
-from nmt.shortlist import from_lines as shortlist_from_lines
-from nmt.translate import translate_file
-from nmt.translator import Translator, length_batches, pad_sources
 
 SENTENCES = [s for s, _ in toy_pairs(24, seed=21)]
 # The translator in this process: one torch thread (tiny tensors; the server needs the CPU).

@@ -1,4 +1,4 @@
-"""The lexical shortlist (nmt/shortlist.py): the table built from co-occurrence counts, a
+"""The lexical shortlist (nmt/decoding/shortlist.py): the table built from co-occurrence counts, a
 batch's candidates, search over the candidate columns (against search over the full
 vocabulary with every other column masked), checkpoints and the command that adds a
 table to one."""
@@ -19,11 +19,13 @@ from test_ensemble import sources, tiny_model
 from test_translate import checkpoint, translator  # noqa: F401  (module fixtures)
 from train_helpers import ROOT
 
-from nmt.decoding import Decoding, decode, load_checkpoint
-from nmt.ensemble import Ensemble
-from nmt.errors import CheckpointError, ConfigError
-from nmt.shortlist import SPECIALS, Shortlist, Shortlisted, build
-from nmt.translator import Translator, pad_sources
+from nmt.core.errors import CheckpointError, ConfigError
+from nmt.decoding.checkpoints import load_checkpoint
+from nmt.decoding.dispatch import decode
+from nmt.decoding.ensemble import Ensemble
+from nmt.decoding.options import Decoding
+from nmt.decoding.shortlist import SPECIALS, Shortlist, Shortlisted, build
+from nmt.inference.translator import Translator, pad_sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,12 +19,12 @@ from conftest import TOY_TOKENIZER, files_config, toy_pairs
 from torch.utils.data import DataLoader
 from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides
 
+from nmt.core.errors import ConfigError, TokenizerError
 from nmt.data.datamodule import CaptionDataModule, NMTDataModule
 from nmt.data.dataset import ParallelDataset, collate
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.subword_sampling import SampledDataset, SubwordSampler
 from nmt.data.tokenizer import SamplingConfig, TokenizerConfig
-from nmt.errors import ConfigError, TokenizerError
 
 SAMPLING = {**TOY_TOKENIZER, "sampling": {"enabled": True, "alpha": 0.2, "nbest": -1}}
 
@@ -246,7 +246,7 @@ def test_bad_options_are_one_line_errors(options, match):
 
 
 def test_bad_options_fail_at_composition_and_captioning_refuses():
-    from nmt.config import check_overrides
+    from nmt.cli.config import check_overrides
 
     with pytest.raises(ConfigError, match=r"tokenizer\.sampling\.alpah: unknown key; valid "
                                           r"keys: alpha, enabled, nbest"):
@@ -345,7 +345,7 @@ def test_epochs_of_one_length_keep_the_first_loader(toy_dir, tmp_path, one_threa
     """Without sampling the loader is built once, as before; with it, a trainer setting
     that would keep one loader for several epochs is refused in one line."""
     cfg = files_config(toy_dir, tmp_path / "cache")
-    from nmt.train import build, run_dir_of
+    from nmt.training.train import build, run_dir_of
 
     base = [*toy_overrides(cfg, tmp_path / "run"), "trainer.max_epochs=1"]
     _, _, trainer = build(compose_train(base), run_dir_of(compose_train(base)))

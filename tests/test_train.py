@@ -15,11 +15,11 @@ from lightning.pytorch.callbacks import Timer
 from omegaconf import OmegaConf
 from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides
 
-from nmt.errors import ConfigError
-from nmt.loss import label_smoothed_nll
-from nmt.module import TranslationModule
-from nmt.optim import check_optim
-from nmt.train import build, check_trainer, plain, train
+from nmt.core.errors import ConfigError
+from nmt.training.loss import label_smoothed_nll
+from nmt.training.module import TranslationModule
+from nmt.training.optim import check_optim
+from nmt.training.train import build, check_trainer, plain, train
 
 
 def choices(group: str) -> list[str]:

@@ -14,11 +14,12 @@ from conftest import MULTI30K_TESTS, fake_multi30k_tests, files_config, toy_pair
 from omegaconf import OmegaConf
 from train_helpers import ROOT, train_toy_model
 
-from nmt.decoding import Decoding, load_checkpoint
-from nmt.errors import CheckpointError, ConfigError
-from nmt.evaluate import split_names
-from nmt.translate import format_translation, translate_file
-from nmt.translator import Translator, length_batches
+from nmt.core.errors import CheckpointError, ConfigError
+from nmt.decoding.checkpoints import load_checkpoint
+from nmt.decoding.options import Decoding
+from nmt.inference.evaluate import split_names
+from nmt.inference.translate import format_translation, translate_file
+from nmt.inference.translator import Translator, length_batches
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_parallel_batches_give_what_one_batch_at_a_time_gives(checkpoint):
 
 
 def test_failing_batch_stops_parallel_decoding_and_keeps_threads(translator, monkeypatch):
-    import nmt.translator as module
+    import nmt.inference.translator as module
 
     calls = []
 
@@ -390,15 +391,15 @@ def test_all_tests_needs_a_catalog_corpus():
 
 def test_share_threads_shares_the_first_count_every_time(monkeypatch):
     # evaluate.run called in a loop (bench/recipe.py) must not halve the threads each time.
-    from nmt import translate
+    from nmt.inference import options
 
     threads = torch.get_num_threads()
-    monkeypatch.setattr(translate, "_ALL_THREADS", [])
+    monkeypatch.setattr(options, "_ALL_THREADS", [])
     try:
         for _ in range(3):
-            translate.share_threads(2)
+            options.share_threads(2)
             assert torch.get_num_threads() == max(1, threads // 2)
-        translate.share_threads(1)
+        options.share_threads(1)
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(threads)

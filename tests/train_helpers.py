@@ -70,7 +70,7 @@ def train_toy_model(toy_dir: Path, tmp: Path) -> Path:
     a shortlist table of 4 target pieces per source piece and the 8 most frequent)."""
     from conftest import files_config
 
-    from nmt.train import train
+    from nmt.training.train import train
 
     train(compose_train([*toy_overrides(files_config(toy_dir, tmp / "cache"), tmp / "run"),
                          "trainer.max_epochs=4", "test_after_training=false",
@@ -82,7 +82,7 @@ def train_toy_model(toy_dir: Path, tmp: Path) -> Path:
 
 def fit_recorded(cfg, crash_at: int | None = None, callbacks: list[L.Callback] | None = None
                  ) -> tuple[IndexRecorder, L.Trainer]:
-    from nmt.train import build, resolve_ckpt_path, run_dir_of
+    from nmt.training.train import build, resolve_ckpt_path, run_dir_of
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = run_dir_of(cfg)

@@ -21,33 +21,23 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nmt.core.errors import ConfigError, DataError
+from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID
 from nmt.data.captions import KARPATHY_SPLITS, CaptionedImage, read_caption_csv, read_karpathy
 from nmt.data.dataset import Batch
 from nmt.data.images import normalize, read_pixels
 from nmt.data.prepare import SPLITS, from_dict
 from nmt.data.shapes import SHAPES_SPLITS, write_shapes
-from nmt.data.tokenizer import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    Tokenizer,
-    TokenizerConfig,
-    VocabularyTooLarge,
-    load_or_train,
-)
-from nmt.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from nmt.model.image_encoder import ImageEncoder
+from nmt.data.tokenizer import Tokenizer, TokenizerConfig, VocabularyTooLarge, load_or_train
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +160,24 @@ class ImageSettings:
                    tuple(model_config["image_std"]))
 
 
-def cache_features(pixels: np.ndarray, encoder: ImageEncoder, settings: ImageSettings,
+class FeatureEncoder(Protocol):
+    """What caching features needs of a frozen image encoder (nmt.model's ImageEncoder
+    fits): its weights, which key the cache, and ``features`` of normalised images."""
+
+    training: bool
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def features(self, images: torch.Tensor) -> torch.Tensor: ...  # (B, S, C)
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+def cache_features(pixels: np.ndarray, encoder: FeatureEncoder, settings: ImageSettings,
                    cache_dir: Path, batch_size: int = 64) -> np.ndarray:
     """float16 (N, S, C): a frozen encoder's features of every image, computed once.
 
@@ -181,7 +188,7 @@ def cache_features(pixels: np.ndarray, encoder: ImageEncoder, settings: ImageSet
     digest.update(str(pixels.shape).encode())
     for name, value in encoder.state_dict().items():
         digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     path = cache_dir / "features" / f"{digest.hexdigest()[:16]}.npy"
     device = next(encoder.parameters()).device
     with torch.no_grad():

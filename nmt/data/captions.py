@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nmt.errors import DataError
+from nmt.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nmt.core.errors import DataError
 from nmt.data.corpus import DATA_DIR_ENV, GZIP_MAGIC, ParallelFiles, read_lines
-from nmt.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from nmt.errors import DataError
+from nmt.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from nmt.core.errors import ConfigError
 from nmt.data.captioning import (
     CaptionCollate,
     CaptionDataConfig,
     CaptionDataset,
+    FeatureEncoder,
     ImageSettings,
     PreparedCaptions,
     cache_features,
@@ -27,10 +29,6 @@ from nmt.data.prepare import DataConfig, PreparedData, from_dict, prepare
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.subword_sampling import SampledDataset
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig
-from nmt.errors import ConfigError
-
-if TYPE_CHECKING:
-    from nmt.model.image_encoder import ImageEncoder
 
 
 class NMTDataModule(L.LightningDataModule):
@@ -224,7 +222,7 @@ class CaptionDataModule(NMTDataModule):
         self.image = image
         self.collate = CaptionCollate(image, cells)
         self.captions: PreparedCaptions | None = None
-        self._encoder: ImageEncoder | None = None
+        self._encoder: FeatureEncoder | None = None
 
     def collate_fn(self, examples: list[Any]) -> Batch:
         return self.collate(examples)
@@ -244,13 +242,13 @@ class CaptionDataModule(NMTDataModule):
             if self._encoder is not None:
                 self._use_features(self._encoder)
 
-    def use_encoder(self, encoder: ImageEncoder) -> None:
+    def use_encoder(self, encoder: FeatureEncoder) -> None:
         """Train on the cached features of ``encoder`` (frozen) instead of pixels."""
         self._encoder = encoder
         if self.captions is not None:
             self._use_features(encoder)
 
-    def _use_features(self, encoder: ImageEncoder) -> None:
+    def _use_features(self, encoder: FeatureEncoder) -> None:
         captions = self.captions
         assert captions is not None
         for split, pixels in list(captions.inputs.items()):

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID
 from nmt.data.corpus import CleanConfig, CleanReport, ParallelFiles, read_parallel
-from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

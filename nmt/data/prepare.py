@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from nmt.core.errors import ConfigError, DataError
 from nmt.data.catalog import fetch_split
 from nmt.data.corpus import CleanConfig, ParallelFiles, read_lines, read_parallel
 from nmt.data.dataset import FORMAT_VERSION, ParallelDataset, encode_split
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train
-from nmt.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from nmt.errors import ConfigError
+from nmt.core.errors import ConfigError
 
 
 def batch_cost(n: int, max_src: int, max_tgt: int) -> int:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nmt.errors import DataError
+from nmt.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

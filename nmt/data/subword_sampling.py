@@ -32,10 +32,11 @@ from itertools import accumulate
 
 import numpy as np
 
+from nmt.core.errors import DataError
+from nmt.core.tokens import UNK_ID
 from nmt.data.corpus import ParallelFiles, read_parallel
 from nmt.data.dataset import OffsetItems, ParallelDataset
-from nmt.data.tokenizer import UNK_ID, SamplingConfig, Tokenizer
-from nmt.errors import DataError
+from nmt.data.tokenizer import SamplingConfig, Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from nmt.errors import TokenizerError
+from nmt.core.errors import TokenizerError
+from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe", "char", "word")
 MAX_NBEST = 512  # as SentencePiece's own sampler allows
 

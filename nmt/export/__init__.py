@@ -1,4 +1,5 @@
 """Exported models: ONNX graphs (fp32 or int8) run by onnxruntime through the same search.
+May import decoding, model, data and core; the inference programs load exports from here.
 
     python export.py checkpoint=model.ckpt format=onnx output=model-onnx   # nmt/export/exporter.py
     Translator.from_checkpoint("model-onnx")                             # load_exported below
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from nmt.core.errors import CheckpointError, ConfigError, TokenizerError
 from nmt.data.tokenizer import Tokenizer
-from nmt.errors import CheckpointError, ConfigError, TokenizerError
+from nmt.decoding.search import SearchModel
 from nmt.export.manifest import read_manifest
-from nmt.search import SearchModel
 
 __all__ = ["load_exported"]
 

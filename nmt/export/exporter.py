@@ -18,9 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nmt import __version__
-from nmt.decoding import load_checkpoint
-from nmt.errors import CheckpointError, ConfigError
+from nmt.core import __version__
+from nmt.core.errors import CheckpointError, ConfigError
+from nmt.decoding.checkpoints import load_checkpoint
 from nmt.export.graphs import ENCODER_FILE, OPSET, STEP_FILE, check_exportable, export_graphs
 from nmt.export.manifest import FORMAT_VERSION, FORMATS, MANIFEST, sha256, write_manifest
 from nmt.model import model_from_checkpoint

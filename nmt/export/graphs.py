@@ -1,7 +1,7 @@
 """The two ONNX graphs of an exported model, and the torch modules they are traced from.
 
 Search calls a model once per batch to encode and once per target position to step
-(nmt/search.py, ``SearchModel``); an exported model is two graphs cut at the same places:
+(nmt/decoding/search.py, ``SearchModel``); an exported model is two graphs cut at the same places:
 
     encoder.onnx  src (B, S) int64, src_lengths (B,) int64
                   -> memory (B, S, M), keys (B, S, A), h (L, B, H)[, c (L, B, H)]
@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.data.tokenizer import EOS_ID, PAD_ID
-from nmt.errors import ConfigError
+from nmt.core.errors import ConfigError
+from nmt.core.tokens import EOS_ID, PAD_ID
 from nmt.model import Seq2Seq
 from nmt.model.encoder import RNNEncoder
 

@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nmt.core.errors import CheckpointError
 from nmt.data.catalog import sha256_file as sha256
-from nmt.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -1,7 +1,8 @@
-"""An exported model run by onnxruntime behind the search protocol (nmt.search.SearchModel).
+"""An exported model run by onnxruntime behind the search protocol
+(nmt.decoding.search.SearchModel).
 
     model = OnnxSeq2Seq(directory / "encoder.onnx", directory / "step.onnx")
-    hyps = decode(model, batch, Decoding(beam_size=5))    # nmt/search.py, nmt/beam.py as is
+    hyps = decode(model, batch, Decoding(beam_size=5))    # nmt/decoding/ search as is
 
 Search sees torch tensors, as from any model: each call converts its inputs to NumPy
 arrays (no copy: CPU tensors and arrays share memory) and the session's outputs back.
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from nmt.errors import CheckpointError
+from nmt.core.errors import CheckpointError
 from nmt.export.graphs import STATE_BATCH_DIM
 from nmt.model.encoder import sequence_mask
 
@@ -67,7 +68,7 @@ def session(path: Path, threads: int | None = None) -> Any:
 
 
 class OnnxSeq2Seq:
-    """The encoder and step graphs as one searchable model (nmt.search.SearchModel)."""
+    """The encoder and step graphs as one searchable model (nmt.decoding.search.SearchModel)."""
 
     def __init__(self, encoder: Path, step: Path, threads: int | None = None) -> None:
         self.encoder = session(encoder, threads)

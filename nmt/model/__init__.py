@@ -1,4 +1,6 @@
-"""The network: plain nn.Modules, batch-first; build models with nmt.model.registry."""
+"""The network: plain nn.Modules, batch-first (encoders, cells, attention, decoder); build
+models with nmt.model.registry. May import nmt.data and nmt.core.
+"""
 
 from nmt.model.decoder import DecoderState
 from nmt.model.encoder import Encoder

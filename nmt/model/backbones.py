@@ -109,7 +109,7 @@ def small_cnn(channels: Sequence[int] = SMALL_CHANNELS) -> nn.Sequential:
 
     BatchNorm learned far faster here than GroupNorm or no normalisation
     (docs/captioning.md); its running statistics lag behind a CNN trained from scratch,
-    so nmt.callbacks.PreciseBatchNorm recomputes them before every validation.
+    so nmt.training.callbacks.PreciseBatchNorm recomputes them before every validation.
     """
     if len(channels) != len(SMALL_STRIDES):
         raise ValueError(f"channels must be {len(SMALL_STRIDES)} positive integers, "

@@ -20,8 +20,8 @@ from typing import Any
 
 from torch import nn
 
-from nmt.data.tokenizer import PAD_ID
-from nmt.errors import CheckpointError
+from nmt.core.errors import CheckpointError
+from nmt.core.tokens import PAD_ID
 from nmt.model.attention import attention_choices
 from nmt.model.cells import get_cell
 from nmt.model.encoder import Encoder, RNNEncoder

@@ -143,7 +143,7 @@ class Seq2Seq(nn.Module):
 
     def output_rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The output layer's weights and biases for vocabulary ``ids`` (any shape ...):
-        (..., E) and (...) or None; ``logits`` restricted to them (nmt/shortlist.py)."""
+        (..., E) and (...) or None; ``logits`` restricted to them (nmt/decoding/shortlist.py)."""
         flat, bias = ids.reshape(-1), self.generator.bias
         weight = self.generator.weight.index_select(0, flat).view(*ids.shape, -1)
         return weight, None if bias is None else bias.index_select(0, flat).view(ids.shape)

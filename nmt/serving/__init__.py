@@ -1,4 +1,5 @@
-"""The HTTP server (serve.py): LitServe APIs over the Translator and the Captioner.
+"""The HTTP server (serve.py): LitServe APIs over the Translator and the Captioner. May
+import inference and every layer below it; only nmt.cli imports it.
 
 - ``requests``: the request bodies, their limits and one-line errors (HTTP process)
 - ``api``: the LitServe APIs, dynamic batching of translation requests (worker process)

@@ -33,9 +33,11 @@ from litserve.loops import BatchedLoop
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from PIL import Image
 
-from nmt.captioner import Caption, Captioner
 from nmt.data.images import to_pixels
-from nmt.decoding import Decoding
+from nmt.decoding.options import Decoding
+from nmt.inference.captioner import Caption, Captioner
+from nmt.inference.options import resolve_workers, share_threads
+from nmt.inference.translator import Candidate, Translation, Translator, length_batches
 from nmt.serving.requests import (
     CaptionRequest,
     Limits,
@@ -44,8 +46,6 @@ from nmt.serving.requests import (
     decoding_of,
     image_bytes,
 )
-from nmt.translate import resolve_workers, share_threads
-from nmt.translator import Candidate, Translation, Translator, length_batches
 
 # What PIL raises for bytes that are not a readable image (as nmt.data.images).
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)

@@ -32,7 +32,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nmt.errors import ConfigError
+from nmt.core.errors import ConfigError
 from nmt.serving.requests import RequestError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

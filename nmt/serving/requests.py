@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nmt.decoding import Decoding
-from nmt.errors import ConfigError
+from nmt.core.errors import ConfigError
+from nmt.decoding.options import Decoding
 
 DECODING_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Decoding))
 

@@ -14,15 +14,15 @@ from typing import Any
 
 from torch import nn
 
-from nmt.captioner import Captioner, no_shortlist
-from nmt.decoding import Decoding
-from nmt.errors import ConfigError
+from nmt.core.errors import ConfigError
+from nmt.decoding.options import Decoding
+from nmt.decoding.shortlist import missing_table
+from nmt.inference.captioner import Captioner, no_shortlist
+from nmt.inference.options import as_list, resolve_device, resolve_workers
+from nmt.inference.translator import Translator
 from nmt.serving.api import CaptionAPI, ModelSettings, TranslateAPI
 from nmt.serving.app import STATIC_DIR, Check, Gate, NMTServer, listen_socket
 from nmt.serving.requests import Limits, parse_caption, parse_translate
-from nmt.shortlist import missing_table
-from nmt.translate import as_list, resolve_device, resolve_workers
-from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 It takes plain hyperparameters and builds its own network, so a checkpoint loads
 with no Hydra and no config file beside it; the SentencePiece models travel in
-the checkpoint too (``checkpoint["tokenizers"]``). The loss is in nmt.loss, the
-optimizer and scheduler come from the config through nmt.optim, and throughput is
-logged by nmt.callbacks.Throughput.
+the checkpoint too (``checkpoint["tokenizers"]``). The loss is in nmt.training.loss, the
+optimizer and scheduler come from the config through nmt.training.optim, and throughput is
+logged by nmt.training.callbacks.Throughput.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
+from nmt.core.errors import ConfigError
+from nmt.core.metrics import corpus_scores
+from nmt.core.tokens import PAD_ID
 from nmt.data.dataset import Batch
-from nmt.data.tokenizer import PAD_ID, Tokenizer
-from nmt.decoding import Decoding, decode
-from nmt.errors import ConfigError
-from nmt.loss import attention_coverage_penalty, check_label_smoothing, label_smoothed_nll
-from nmt.metrics import corpus_scores
+from nmt.data.tokenizer import Tokenizer
+from nmt.decoding.dispatch import decode
+from nmt.decoding.options import Decoding
 from nmt.model.registry import build_model, model_record, upgrade_checkpoint
-from nmt.optim import build_optimizer
+from nmt.training.loss import attention_coverage_penalty, check_label_smoothing, label_smoothed_nll
+from nmt.training.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,12 @@ class TranslationModule(L.LightningModule):
                  doubly_stochastic: float = 0.0, *,
                  references: Callable[[str], list[Any]] | None = None,
                  scorer: Scorer | None = None) -> None:
-        """``optim`` is checked by nmt.optim.check_optim (nmt.train does it before any
-        data); ``references(split)`` gives what validation and test outputs are scored
+        """``optim`` is checked by nmt.training.optim.check_optim (train does it before
+        any data); ``references(split)`` gives what validation and test outputs are scored
         against (none: no scores): one reference translation per sentence, or a list of
         captions per image, as ``scorer(hypotheses, references)`` (default: BLEU, chrF
         and lowercased BLEU of translations) expects. ``doubly_stochastic`` is the weight
-        of Xu et al.'s attention regulariser (nmt.loss.attention_coverage_penalty)."""
+        of Xu et al.'s attention regulariser (nmt.training.loss.attention_coverage_penalty)."""
         super().__init__()
         check_label_smoothing(label_smoothing)
         if doubly_stochastic < 0:
@@ -68,7 +70,7 @@ class TranslationModule(L.LightningModule):
         self.scorer: Scorer = scorer or translation_scores
         self.src_spm: bytes | None = None
         self.tgt_spm: bytes | None = None
-        self.shortlist: dict[str, torch.Tensor] | None = None  # nmt/shortlist.py's table
+        self.shortlist: dict[str, torch.Tensor] | None = None  # nmt/decoding/shortlist.py's table
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
         self._val_sums = torch.zeros(3)  # loss, nll, tokens
         self._partial_noted = False

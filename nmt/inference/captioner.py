@@ -22,14 +22,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nmt.core.errors import CheckpointError, ConfigError, DataError, TokenizerError
 from nmt.data.captioning import ImageSettings
 from nmt.data.images import normalize, read_pixels, to_pixels
 from nmt.data.tokenizer import Tokenizer
-from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
-from nmt.errors import CheckpointError, ConfigError, DataError, TokenizerError
+from nmt.decoding.checkpoints import load_checkpoint
+from nmt.decoding.dispatch import SourceBatch, decode
+from nmt.decoding.options import Decoding
+from nmt.inference.translator import Candidate
 from nmt.model import Seq2Seq, model_from_checkpoint
 from nmt.model.image_encoder import ImageEncoder
-from nmt.translator import Candidate
 
 DEFAULT_DECODING = Decoding(beam_size=3, max_len=30)
 

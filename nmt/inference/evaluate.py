@@ -6,7 +6,7 @@ signatures, the decoding settings, the checkpoint, wall time and sentences/s.
 All pairs are printed as one comparison table, a row each. ``split=all_tests``
 means every test split of the catalog corpus that has both languages.
 With ``ensemble=true`` the checkpoints are one model, their ensemble
-(nmt/ensemble.py), named "a.ckpt+b.ckpt+..." in the report.
+(nmt/decoding/ensemble.py), named "a.ckpt+b.ckpt+..." in the report.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nmt.core.errors import ConfigError, DataError
+from nmt.core.metrics import corpus_scores
 from nmt.data.catalog import fetch_split, get_catalog_corpus
 from nmt.data.corpus import ParallelFiles, read_lines
-from nmt.decoding import Decoding
-from nmt.errors import ConfigError, DataError
-from nmt.metrics import corpus_scores
-from nmt.translate import as_list, resolve_device, resolve_workers, share_threads, translate_file
-from nmt.translator import Translator
+from nmt.decoding.options import Decoding
+from nmt.inference.options import as_list, resolve_device, resolve_workers, share_threads
+from nmt.inference.translate import translate_file
+from nmt.inference.translator import Translator
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,14 @@ def run(cfg: Any) -> list[dict[str, Any]]:
 
 def _evaluate_captions(cfg: Any, checkpoints: list[str], decoding: Decoding
                        ) -> list[dict[str, Any]]:
-    from nmt.caption import evaluate_captions
+    from nmt.inference.caption import evaluate_captions
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = evaluate_captions(cfg, checkpoints, decoding, out_dir)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     print(comparison_table(report))
-    print("captions: lowercased, punctuation dropped (nmt.metrics.caption_tokens); BLEU by "
+    print("captions: lowercased, punctuation dropped (nmt.core.metrics.caption_tokens); BLEU by "
           "sacrebleu against every reference; CIDEr-D and ROUGE-L by pycocoevalcap; x100")
     return report
 

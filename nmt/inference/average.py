@@ -28,10 +28,9 @@ from typing import Any
 
 import torch
 
-from nmt.checkpointing import BEST_GLOB, RECENT_GLOB, atomic_torch_save
-from nmt.decoding import load_checkpoint
-from nmt.errors import CheckpointError, ConfigError
-from nmt.metrics import MONITORS
+from nmt.core.errors import CheckpointError, ConfigError
+from nmt.core.metrics import MONITORS
+from nmt.decoding.checkpoints import BEST_GLOB, RECENT_GLOB, atomic_torch_save, load_checkpoint
 from nmt.model import model_from_checkpoint
 
 log = logging.getLogger(__name__)

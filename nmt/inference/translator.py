@@ -4,12 +4,12 @@
     translator.translate_text(["A dog runs.", ""])      # -> ["Ein Hund rennt.", ""]
     [tr] = translator.translate(["A dog runs."], Decoding(beam_size=5, n_best=2))
     tr.text, [(h.text, h.score) for h in tr.hypotheses]
-    Translator.from_checkpoint(["a.ckpt", "b.ckpt"])     # an ensemble (nmt/ensemble.py)
+    Translator.from_checkpoint(["a.ckpt", "b.ckpt"])     # an ensemble (nmt/decoding/ensemble.py)
     [s] = translator.score(["A dog runs."], ["Ein Hund rennt."])   # s.total, s.normalized(0.6)
 
 Sentences are encoded, cut to ``max_src_len`` pieces, sorted by length into
 token-budget batches, decoded with greedy, beam or sampling search
-(nmt/search.py), and returned in input order: one Translation per input, an empty
+(nmt/decoding/search.py), and returned in input order: one Translation per input, an empty
 or whitespace-only input giving an empty text.
 
 ``translate`` keeps no state between calls and changes no process-wide setting,
@@ -18,7 +18,7 @@ batches of one call are decoded at once in a thread pool: a batch's small
 per-step products and element-wise work use one core better than two cores
 share them. That pays off when each worker has its share of torch's threads,
 which only the program can decide: the command-line tools call
-``torch.set_num_threads(threads // workers)`` once at startup (nmt/translate.py).
+``torch.set_num_threads(threads // workers)`` once at startup (nmt/inference/translate.py).
 The model keeps no state between steps, so concurrent batches cannot interfere:
 the results are those of one batch at a time.
 """
@@ -36,13 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from nmt.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
-from nmt.decoding import Decoding, SourceBatch, decode, load_checkpoint
-from nmt.ensemble import Ensemble, check_compatible
-from nmt.errors import CheckpointError, ConfigError, TokenizerError
+from nmt.core.errors import CheckpointError, ConfigError, TokenizerError
+from nmt.core.tokens import EOS_ID, PAD_ID
+from nmt.data.tokenizer import Tokenizer
+from nmt.decoding.checkpoints import load_checkpoint
+from nmt.decoding.dispatch import SourceBatch, decode
+from nmt.decoding.ensemble import Ensemble, check_compatible
+from nmt.decoding.options import Decoding
+from nmt.decoding.search import Hypothesis, SearchModel, length_penalty, score_targets
+from nmt.decoding.shortlist import Shortlist, Shortlisted, missing_table
 from nmt.model import Seq2Seq, model_from_checkpoint
-from nmt.search import Hypothesis, SearchModel, length_penalty, score_targets
-from nmt.shortlist import Shortlist, Shortlisted, missing_table
 
 DEFAULT_MAX_SRC_LEN = 250
 DEFAULT_BATCH_TOKENS = 10000
@@ -55,7 +58,7 @@ class Candidate:
     """One hypothesis of a translation."""
 
     text: str
-    score: float  # as the search reports it (nmt/search.py); 0.0 for an empty input
+    score: float  # as the search reports it (nmt/decoding/search.py); 0.0 for an empty input
     tokens: list[int]  # target piece ids, without BOS and EOS
     attention: torch.Tensor | None = None  # (len(tokens) + 1, source pieces + EOS) on request
 
@@ -113,7 +116,7 @@ class Translator:
         self.device = torch.device(device)
         self.max_src_len = max_src_len
         self.workers = workers if self.device.type == "cpu" else 1
-        self.shortlist: Shortlist | None = None  # decoding.shortlist's table (nmt/shortlist.py)
+        self.shortlist: Shortlist | None = None  # decoding.shortlist's table
         self.origin = "this model"  # what errors name
 
     @classmethod
@@ -121,7 +124,7 @@ class Translator:
                         device: str | torch.device = "cpu",
                         max_src_len: int = DEFAULT_MAX_SRC_LEN, workers: int = 1
                         ) -> Translator:
-        """One checkpoint, or a list of them: an ensemble (nmt/ensemble.py), whose
+        """One checkpoint, or a list of them: an ensemble (nmt/decoding/ensemble.py), whose
         members must share both vocabularies. A list of one is the single model. A
         directory is a model written by export.py (nmt/export), run by onnxruntime."""
         paths = [str(path)] if isinstance(path, str | os.PathLike) else [str(p) for p in path]

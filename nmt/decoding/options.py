@@ -1,25 +1,16 @@
-"""Decoding as a library: the options (``Decoding``, validated here once), ``decode`` for one
-batch, and checkpoint loading. Training validation, the translator and every tool use these.
-"""
+"""The decoding options: ``Decoding``, validated here once, so that every search, tool and
+request reads options that are already known to be sound."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
-import os
-import pickle
 import typing
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
-import torch
-
-from nmt.beam import beam_search
-from nmt.errors import CheckpointError, ConfigError
-from nmt.search import Hypothesis, SearchModel, greedy_search, sample
+from nmt.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -34,7 +25,7 @@ class Decoding:
     feature grid: the cap holds whatever the source length is. ``min_len`` forbids EOS
     before that many tokens; the length limit wins over it. ``shortlist`` scores only the
     target pieces that the checkpoint's lexical shortlist table allows for the batch's
-    source pieces (nmt/shortlist.py; scores are then normalised over those pieces).
+    source pieces (nmt/decoding/shortlist.py; scores are then normalised over those pieces).
     """
 
     beam_size: int = 5
@@ -106,56 +97,3 @@ def _value_problems(d: Decoding) -> list[str]:
     if d.top_k < 0:
         problems.append(f"top_k must be >= 0 (0: the full distribution), got {d.top_k}")
     return problems
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
-    """torch.load with weights_only=True, and a clear error for every way it can fail."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-            ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
-    if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters"} <= set(ckpt):
-        raise CheckpointError(f"{path}: not a checkpoint of this toolkit "
-                              "(no state_dict and hyper_parameters)")
-    tokenizers = ckpt.get("tokenizers") or {}
-    if not tokenizers.get("tgt"):  # a captioning model has no source tokenizer
-        raise CheckpointError(f"{path}: the checkpoint carries no SentencePiece models")
-    return ckpt
-
-
-class HasSource(Protocol):
-    """What ``decode`` reads from a batch: nmt.data.dataset.Batch and ``SourceBatch`` fit."""
-
-    @property
-    def src(self) -> torch.Tensor: ...  # (B, S) ids ending in EOS, right-padded
-
-    @property
-    def src_lengths(self) -> torch.Tensor: ...  # (B,) EOS included
-
-
-class SourceBatch(NamedTuple):
-    """Sources alone, for inference callers that have no targets."""
-
-    src: torch.Tensor  # (B, S) ids ending in EOS, right-padded
-    src_lengths: torch.Tensor  # (B,) EOS included
-
-
-def decode(model: SearchModel, batch: HasSource, decoding: Decoding,
-           return_attention: bool = False, generator: torch.Generator | None = None
-           ) -> list[list[Hypothesis]]:
-    """Run the search ``decoding`` asks for on one batch: translation and validation share
-    this. ``generator`` (on the model's device) only serves sampling."""
-    src, src_lengths = batch.src, batch.src_lengths
-    if decoding.sampling:
-        return sample(model, src, src_lengths, decoding, generator=generator,
-                      return_attention=return_attention)
-    if decoding.beam_size == 1 and decoding.n_best == 1:
-        return greedy_search(model, src, src_lengths, decoding,
-                             return_attention=return_attention)
-    return beam_search(model, src, src_lengths, decoding, return_attention=return_attention)

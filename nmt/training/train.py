@@ -28,23 +28,24 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from nmt.allocator import keep_freed_memory
-from nmt.callbacks import PreciseBatchNorm, Throughput, TimedSchedule
-from nmt.checkpointing import BEST, LAST, RECENT, AtomicCheckpointIO, ResumableCheckpoint
-from nmt.config import TASKS
+from nmt.core.errors import CheckpointError, ConfigError
+from nmt.core.metrics import MONITORS, caption_scores, signatures
 from nmt.data.captioning import ImageSettings
 from nmt.data.datamodule import CaptionDataModule, NMTDataModule
 from nmt.data.dataset import ParallelDataset
-from nmt.decoding import load_checkpoint
-from nmt.errors import CheckpointError, ConfigError
-from nmt.loggers import ContinuedCSVLogger, read_rows
-from nmt.metrics import MONITORS, caption_scores, signatures
+from nmt.decoding.checkpoints import BEST, LAST, RECENT, load_checkpoint
+from nmt.decoding.shortlist import build as build_shortlist
 from nmt.model.image_encoder import ImageEncoder
-from nmt.module import EVAL_METRICS, TranslationModule
-from nmt.optim import check_optim, follows_metric
-from nmt.shortlist import build as build_shortlist
+from nmt.training.allocator import keep_freed_memory
+from nmt.training.callbacks import PreciseBatchNorm, Throughput, TimedSchedule
+from nmt.training.checkpointing import AtomicCheckpointIO, ResumableCheckpoint
+from nmt.training.loggers import ContinuedCSVLogger, read_rows
+from nmt.training.module import EVAL_METRICS, TranslationModule
+from nmt.training.optim import check_optim, follows_metric
 
 log = logging.getLogger(__name__)
+
+TASKS = ("translate", "caption")  # conf/task/
 
 TRAINER_KEYS = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
 # Set here from the rest of the config; not to be given in conf/trainer.

@@ -1,5 +1,6 @@
 """Decoding: greedy search and ancestral sampling, as pure functions, and what they share
-with batched beam search (nmt/beam.py); and the scores of given targets (``score_targets``).
+with batched beam search (nmt/decoding/beam.py); and the scores of given targets
+(``score_targets``).
 
 They drive any model with the step interface ``SearchModel`` below (nmt.model.Seq2Seq
 has it; so could an ensemble or an exported model), one target position per call, rows
@@ -37,10 +38,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, overload
 import torch
 import torch.nn.functional as F
 
-from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID
 
 if TYPE_CHECKING:  # nmt.decoding imports this module; search only reads the options
-    from nmt.decoding import Decoding
+    from nmt.decoding.options import Decoding
 
 NEG_INF = float("-inf")
 

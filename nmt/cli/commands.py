@@ -18,8 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from nmt.config import CONF_DIR, check_overrides
-from nmt.errors import ConfigError, NMTError
+from nmt.cli.config import CONF_DIR, check_overrides
+from nmt.core.errors import ConfigError, NMTError
 
 log = logging.getLogger("nmt")
 
@@ -66,8 +66,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 @report_errors
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as configured (conf/train.yaml); print the final metrics as JSON."""
-    from nmt.checkpointing import Preempted
-    from nmt.train import train as run_training
+    from nmt.training.checkpointing import Preempted
+    from nmt.training.train import train as run_training
 
     try:
         metrics = run_training(cfg)
@@ -131,7 +131,7 @@ def _log_to_stderr() -> None:
 def translate(cfg: DictConfig) -> dict[str, int]:
     """Translate files or stdin with a checkpoint (conf/translate.yaml)."""
     _log_to_stderr()
-    from nmt.translate import run
+    from nmt.inference.translate import run
 
     return run(cfg)
 
@@ -140,7 +140,7 @@ def translate(cfg: DictConfig) -> dict[str, int]:
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Translate test sets and score them with sacrebleu (conf/evaluate.yaml)."""
     _log_to_stderr()
-    from nmt.evaluate import run
+    from nmt.inference.evaluate import run
 
     return run(cfg)
 
@@ -149,7 +149,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
 def caption(cfg: DictConfig) -> dict[str, int]:
     """Caption image files with a checkpoint (conf/caption.yaml)."""
     _log_to_stderr()
-    from nmt.caption import run
+    from nmt.inference.caption import run
 
     return run(cfg)
 
@@ -166,7 +166,7 @@ def _print_summary(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig
 @report_errors
 def average(cfg: DictConfig) -> dict[str, Any]:
     """Average the weights of checkpoints into one (conf/average.yaml); print a JSON summary."""
-    from nmt.average import run
+    from nmt.inference.average import run
 
     return _print_summary(run, cfg)
 
@@ -183,7 +183,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 def shortlist(cfg: DictConfig) -> dict[str, Any]:
     """Add a lexical shortlist table to a checkpoint (conf/shortlist.yaml); print a JSON
     summary."""
-    from nmt.shortlist import run
+    from nmt.decoding.shortlist import run
 
     return _print_summary(run, cfg)
 
@@ -229,11 +229,14 @@ def shortlist_main() -> None:
     run_hydra("shortlist", shortlist)
 
 
-if __name__ == "__main__":
-    commands = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
-                "evaluate": evaluate_main, "caption": caption_main, "average": average_main,
-                "export": export_main, "serve": serve_main, "shortlist": shortlist_main}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: python -m nmt.cli {{{','.join(commands)}}} [key=value ...]")
+COMMANDS = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
+            "evaluate": evaluate_main, "caption": caption_main, "average": average_main,
+            "export": export_main, "serve": serve_main, "shortlist": shortlist_main}
+
+
+def main() -> None:
+    """python -m nmt.cli COMMAND [key=value ...]"""
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python -m nmt.cli {{{','.join(COMMANDS)}}} [key=value ...]")
     name = sys.argv.pop(1)
-    commands[name]()
+    COMMANDS[name]()

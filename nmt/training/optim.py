@@ -2,7 +2,7 @@
 
 conf/optim/*.yaml names any optimizer class with its keyword arguments, and a nested
 ``scheduler`` node (null: a constant learning rate) naming any scheduler, torch's or
-one of nmt.schedules, with Lightning's ``interval`` (``step`` or ``epoch``)::
+one of nmt.training.schedules, with Lightning's ``interval`` (``step`` or ``epoch``)::
 
     _target_: torch.optim.Adam
     _partial_: true
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -30,11 +30,23 @@ from hydra.utils import instantiate
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from nmt.errors import ConfigError
-from nmt.schedules import TimedCosine
+from nmt.core.errors import ConfigError
+from nmt.training.schedules import TimedCosine
 
 HYDRA_KEYS = {"_target_", "_partial_"}
 INTERVALS = ("step", "epoch")
+# Schedules named by their path before nmt/ was split into packages (configs and
+# checkpoints written then): nmt.schedules.X is nmt.training.schedules.X.
+MOVED = {"nmt.schedules.": "nmt.training.schedules."}
+
+
+def _current(scheduler: Any) -> Any:
+    """The scheduler config with its ``_target_`` under today's module path."""
+    path = scheduler.get("_target_") if isinstance(scheduler, Mapping) else None
+    for old, new in MOVED.items():
+        if isinstance(path, str) and path.startswith(old):
+            return {**scheduler, "_target_": new + path[len(old):]}
+    return scheduler
 
 
 def check_optim(optim: dict[str, Any], time_limit: bool = True) -> None:
@@ -49,7 +61,7 @@ def check_optim(optim: dict[str, Any], time_limit: bool = True) -> None:
 
 def follows_metric(optim: dict[str, Any]) -> bool:
     """Whether the scheduler steps on a validation metric (ReduceLROnPlateau)."""
-    scheduler = optim.get("scheduler")
+    scheduler = _current(optim.get("scheduler"))
     if not scheduler:
         return False
     target = _target(scheduler, "optim.scheduler")
@@ -64,7 +76,7 @@ def build_optimizer(optim: dict[str, Any], params: Iterable[Any], monitor: tuple
     gives the run's length to a scheduler whose ``total_steps`` the config leaves null.
     """
     cfg = dict(optim)
-    scheduler_cfg = cfg.pop("scheduler", None)
+    scheduler_cfg = _current(cfg.pop("scheduler", None))
     optimizer = _make(cfg, "optim", params, check=_is_optimizer)
     if not scheduler_cfg:
         return optimizer
@@ -130,7 +142,7 @@ def _target(cfg: dict[str, Any], where: str) -> Any:
     """The class or function ``cfg["_target_"]`` names."""
     path = cfg.get("_target_")
     if not isinstance(path, str) or not path:
-        example = "torch.optim.Adam" if where == "optim" else "nmt.schedules.warmup_cosine"
+        example = "torch.optim.Adam" if where == "optim" else "nmt.training.schedules.warmup_cosine"
         raise ConfigError(f"{where}: no _target_; name one, e.g. {example}")
     module, _, name = path.rpartition(".")
     try:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nmt.data.tokenizer import Tokenizer
-from nmt.translator import Translation
+from nmt.inference.translator import Translation
 
 if TYPE_CHECKING:
-    from nmt.captioner import Caption
+    from nmt.inference.captioner import Caption
 
 
 def plot_attention(tr: Translation, tgt_tokenizer: Tokenizer, path: Path) -> Path:

@@ -61,7 +61,7 @@ class TimedCosine(LRScheduler):
     ``warmup_cosine`` ends after a step count: on a machine faster than the one it was
     sized on, the run idles at ``min_lr`` for its last minutes; on a slower one it stops
     high on the curve. Here the cosine's length in steps is re-estimated every
-    ``replan_every`` steps (``replan``, called by nmt.callbacks.TimedSchedule) from the
+    ``replan_every`` steps (``replan``, called by nmt.training.callbacks.TimedSchedule) from the
     run's own pace: the steps so far over the training time so far, validations included,
     times the time left. Between replans the rate is a function of the step, as in
     ``warmup_cosine``; before the first one there is no decay. The schedule follows the
@@ -69,8 +69,8 @@ class TimedCosine(LRScheduler):
     """
 
     CONFIG = ("warmup_steps", "min_factor", "replan_every")  # from the config, not saved
-    NO_TIME_LIMIT = ("optim.scheduler: nmt.schedules.TimedCosine ends when the run's time is "
-                     "spent; set trainer.max_time (DD:HH:MM:SS)")
+    NO_TIME_LIMIT = ("optim.scheduler: nmt.training.schedules.TimedCosine ends when the run's "
+                     "time is spent; set trainer.max_time (DD:HH:MM:SS)")
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int = 0, min_lr: float = 0.0,
                  replan_every: int = 100) -> None:

@@ -7,104 +7,35 @@ the output is in Moses n-best format, ``n_best`` lines per input line:
 
 ``mode=score`` reads a reference file beside each input and writes, per line pair, the
 model's log-probability of the reference (see ``score_file``); a list of checkpoints
-translates or scores with their ensemble (nmt/ensemble.py).
+translates or scores with their ensemble (nmt/decoding/ensemble.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
-import torch
 from tqdm import tqdm
 
-from nmt.data.corpus import read_lines, read_stream, zip_aligned
-from nmt.decoding import Decoding
-from nmt.errors import ConfigError, DataError
-from nmt.translator import Translation, Translator
+from nmt.core.errors import ConfigError, DataError
+from nmt.data.corpus import zip_aligned
+from nmt.decoding.options import Decoding
+from nmt.inference.options import (
+    as_list,
+    atomic_output,
+    input_lines,
+    resolve_device,
+    resolve_workers,
+    share_threads,
+)
+from nmt.inference.translator import Translation, Translator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device}, but no CUDA device is available here; "
-                          "use device=cpu")
-    return device
-
-
-def as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str | os.PathLike):
-        return [str(value)]
-    return [str(v) for v in value]
-
-
-def input_lines(path: str) -> Iterator[str]:
-    """Lines of a file, or of stdin for "-"; empty inputs are fine (empty output)."""
-    if path == "-":
-        return read_stream(sys.stdin.buffer, "<stdin>", allow_empty=True)
-    if not Path(path).is_file():
-        raise DataError(f"{path}: input file not found")
-    return read_lines(path, allow_empty=True)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[IO[str]]:
-    """Write to ``path`` through a temporary file renamed at the end; "-" is stdout."""
-    if path == "-":
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise ConfigError(f"output={path} is a directory; give a file name")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def resolve_workers(workers: int | None, device: str, sampling: bool = False) -> int:
-    """Batches decoded at once: the configured number, or (null) 2 on a CPU with two or
-    more threads, else 1. A GPU decodes one batch at a time, and so does sampling (one
-    random generator): it keeps all threads."""
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"workers must be a positive integer (or null), got {workers!r}")
-    if not device.startswith("cpu") or sampling:
-        return 1
-    return workers or min(2, torch.get_num_threads())
-
-
-_ALL_THREADS: list[int] = []  # torch's thread count before the first share_threads
-
-
-def share_threads(workers: int) -> None:
-    """Give each of ``workers`` decoding threads its share of torch's threads.
-
-    Process-wide, so only command-line entry points call it, before translating: the
-    translator's worker threads take this setting when they start. Shares are of the
-    count before the first call, so calling it again (evaluate.run in a loop) does not
-    halve the threads again.
-    """
-    if not _ALL_THREADS:
-        _ALL_THREADS.append(torch.get_num_threads())
-    torch.set_num_threads(max(1, _ALL_THREADS[0] // workers))
 
 
 def format_translation(index: int, tr: Translation, n_best: int) -> str:
@@ -133,7 +64,7 @@ def translate_file(translator: Translator, inp: str, out: str, decoding: Decodin
             f.write(format_translation(n - 1, tr, decoding.n_best))
             truncated += tr.truncated
             if plots_dir and n <= plots_n and tr.hypotheses[0].attention is not None:
-                from nmt.plots import plot_attention
+                from nmt.inference.plots import plot_attention
 
                 plot_attention(tr, translator.tgt_tokenizer,
                                Path(plots_dir) / f"{Path(inp).name}.{n:04d}.png")

@@ -28,10 +28,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from nmt.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
-from nmt.ensemble import Ensemble
-from nmt.errors import CheckpointError, ConfigError
-from nmt.search import NEG_INF, Hypothesis
+from nmt.core.errors import CheckpointError, ConfigError
+from nmt.core.tokens import EOS_ID, PAD_ID
+from nmt.data.tokenizer import Tokenizer
+from nmt.decoding.ensemble import Ensemble
+from nmt.decoding.search import NEG_INF, Hypothesis
 
 SPECIALS = EOS_ID + 1  # ids 0..EOS_ID: PAD, UNK, BOS, EOS
 
@@ -264,10 +265,9 @@ def run(cfg: Any) -> dict[str, Any]:
     checkpoint with it (atomically; ``output`` null: in place)."""
     from omegaconf import OmegaConf
 
-    from nmt.checkpointing import atomic_torch_save
     from nmt.data.corpus import read_lines
     from nmt.data.prepare import DataConfig, from_dict
-    from nmt.decoding import load_checkpoint
+    from nmt.decoding.checkpoints import atomic_torch_save, load_checkpoint
 
     ckpt = load_checkpoint(cfg.checkpoint)
     if not ckpt["tokenizers"].get("src"):

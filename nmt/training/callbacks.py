@@ -11,10 +11,10 @@ import torch
 from lightning.pytorch.callbacks import Timer
 from torch import nn
 
+from nmt.core.errors import ConfigError
+from nmt.core.tokens import PAD_ID
 from nmt.data.dataset import Batch
-from nmt.data.tokenizer import PAD_ID
-from nmt.errors import ConfigError
-from nmt.schedules import TimedCosine
+from nmt.training.schedules import TimedCosine
 
 
 class Throughput(L.Callback):

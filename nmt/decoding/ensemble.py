@@ -1,9 +1,9 @@
 """Ensembles: several trained models searched as one.
 
     ensemble = Ensemble([model_a, model_b, model_c])
-    hyps = decode(ensemble, batch, Decoding(beam_size=5))   # any search of nmt/search.py
+    hyps = decode(ensemble, batch, Decoding(beam_size=5))   # any search of nmt/decoding/search.py
 
-An ``Ensemble`` has the step interface of nmt.search.SearchModel: it encodes the
+An ``Ensemble`` has the step interface of nmt.decoding.search.SearchModel: it encodes the
 source once per member, steps every member, and gives search the mean of the members'
 log-probabilities, which search normalises (log_softmax) as it does any model's
 logits: the ensemble's distribution is the normalised geometric mean of the members'.
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.errors import CheckpointError
+from nmt.core.errors import CheckpointError
 
 
 class Ensemble(nn.Module):

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from nmt.data.tokenizer import PAD_ID
-from nmt.errors import ConfigError
+from nmt.core.errors import ConfigError
+from nmt.core.tokens import PAD_ID
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):

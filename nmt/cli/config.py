@@ -25,14 +25,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nmt.core.errors import ConfigError
 from nmt.data.captioning import CaptionDataConfig
 from nmt.data.prepare import DataConfig
 from nmt.data.tokenizer import TokenizerConfig
-from nmt.decoding import Decoding
-from nmt.errors import ConfigError
+from nmt.decoding.options import Decoding
 from nmt.model.registry import ENCODERS, MODEL_DEFAULTS, SIZES, resolve_config
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def _open_copy(cls: type, name: str, **types: Any) -> type:
@@ -106,7 +106,7 @@ class CallbacksConfig:
 
 @dataclass
 class ShortlistConfig:
-    """The lexical shortlist table every checkpoint carries (nmt/shortlist.py)."""
+    """The lexical shortlist table every checkpoint carries (nmt/decoding/shortlist.py)."""
 
     enabled: bool = True
     per_source: int = 20
@@ -139,7 +139,6 @@ class TrainConfig:
     test_after_training: bool = True
 
 
-TASKS = ("translate", "caption")
 
 
 def register() -> None:

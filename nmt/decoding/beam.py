@@ -1,4 +1,4 @@
-"""Batched beam search, on the conventions of nmt/search.py (lengths count the EOS, PAD
+"""Batched beam search, on the conventions of nmt/decoding/search.py (lengths count the EOS, PAD
 and BOS never generated, done sentences leave the batch).
 
 The search state lives in two objects that rows leave together: ``_Sentences``, one row
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from nmt.data.tokenizer import BOS_ID, EOS_ID
-from nmt.search import (
+from nmt.core.tokens import BOS_ID, EOS_ID
+from nmt.decoding.search import (
     NEG_INF,
     Hypothesis,
     SearchModel,
@@ -26,7 +26,7 @@ from nmt.search import (
 )
 
 if TYPE_CHECKING:  # nmt.decoding imports this module; search only reads the options
-    from nmt.decoding import Decoding
+    from nmt.decoding.options import Decoding
 
 
 def beam_search(model: SearchModel, src: torch.Tensor, src_lengths: torch.Tensor,

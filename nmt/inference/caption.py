@@ -22,13 +22,13 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from nmt.captioner import Caption, Captioner, ImageFailure
+from nmt.core.errors import ConfigError, DataError
+from nmt.core.metrics import caption_scores
 from nmt.data.captioning import CaptionDataConfig, read_records
 from nmt.data.prepare import from_dict
-from nmt.decoding import Decoding
-from nmt.errors import ConfigError, DataError
-from nmt.metrics import caption_scores
-from nmt.translate import as_list, atomic_output, resolve_device
+from nmt.decoding.options import Decoding
+from nmt.inference.captioner import Caption, Captioner, ImageFailure
+from nmt.inference.options import as_list, atomic_output, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def write_captions(captioner: Captioner, paths: Iterator[str], out: IO[str],
         out.write(format_caption(item, decoding.n_best))
         counts["images"] += 1
         if plots_dir and counts["images"] <= plots_n and item.pixels is not None:
-            from nmt.plots import plot_caption_attention
+            from nmt.inference.plots import plot_caption_attention
 
             name = f"{counts['images']:04d}.{Path(item.source).stem}.png"
             plot_caption_attention(item, captioner.tokenizer, Path(plots_dir) / name)

@@ -30,16 +30,10 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from nmt.errors import CheckpointError
+from nmt.decoding.checkpoints import LAST, atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-LAST = "last.ckpt"
-# The names of the other checkpoints in checkpoints/ (ModelCheckpoint templates; no "=" in
-# them, for Hydra overrides), and the patterns that find them again (nmt/average.py).
-BEST = "best-epoch{epoch:02d}-step{step}"  # callbacks.keep_best, by callbacks.monitor
-RECENT = "epoch{epoch:02d}-step{step}"  # callbacks.keep_last, the newest
-BEST_GLOB, RECENT_GLOB = "best-*.ckpt", "epoch*.ckpt"
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -50,28 +44,6 @@ class Preempted(Exception):
         self.signum, self.path, self.step = signum, path, step
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
                          f"resumable checkpoint: {path}")
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` through a temporary file and a rename, flushed to disk.
-
-    On any OSError (disk full, no permission) the temporary file is removed, ``path``
-    keeps its previous content, and a CheckpointError names the file.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        kept = f"; the previous {path.name} is intact" if path.exists() else ""
-        raise CheckpointError(f"cannot write checkpoint {path}: "
-                              f"{e.strerror or type(e).__name__}{kept}") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

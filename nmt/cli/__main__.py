@@ -1,0 +1,5 @@
+"""python -m nmt.cli COMMAND [key=value ...]: every command of the toolkit."""
+
+from nmt.cli.commands import main
+
+main()
