@@ -43,6 +43,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     ({"alpha": float("nan")}, "alpha must be finite, got nan"),
     ({"max_len_a": float("inf")}, "max_len_a must be finite, got inf"),
     ({"sampling": "yes"}, "sampling must be true or false, got 'yes'"),
+    ({"max_len": 10**23}, r"max_len is out of range \(at most 2147483647 in size\), "
+                          rf"got {10**23}"),
+    ({"beam_size": -(2**31)}, r"beam_size is out of range \(at most 2147483647 in size\), "
+                              r"got -2147483648"),
+    ({"max_len_a": 1e300}, r"max_len_a is out of range \(.*\), got 1e\+300"),
+    ({"seed": 2**64}, r"seed is out of range \(at most 9223372036854775807 in size\), "
+                      rf"got {2**64}"),
 ])
 def test_every_bad_option_is_named(kwargs, message):
     with pytest.raises(ConfigError, match=f"^decoding: {message}$"):

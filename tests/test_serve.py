@@ -301,6 +301,7 @@ def test_the_response_holds_pieces_scores_and_attention(server, translator):
     ({"text": ["a"], "beam_size": 7}, 422, "beam_size 7 is over this server's limit (6)"),
     ({"text": ["a"], "max_len_a": 5.0}, 422, "this server's limit is 512"),
     ({"text": ["a"], "temperature": 0}, 422, "temperature must be > 0"),
+    ({"text": ["a"], "max_len": 99999999999999999999999}, 422, "max_len is out of range"),
 ])
 def test_bad_requests_get_one_line_json_errors(server, body, status, message):
     got, answer = server.call("POST", "/translate", body, {"Content-Type": "application/json"})

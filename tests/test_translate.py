@@ -279,6 +279,8 @@ def test_translate_command_counts_truncated_inputs(checkpoint, tmp_path):
     (None, ["input=/no/in.txt"], "error: /no/in.txt: input file not found"),
     (None, ["output=[x,y]"], "1 input(s) but 2 output(s)"),
     (None, ["decoding.beam_size=0"], "error: decoding: beam_size must be >= 1, got 0"),
+    (None, ["decoding.max_len=99999999999999999999999"], "error: decoding: max_len is out of "
+     "range (at most 2147483647 in size), got 99999999999999999999999"),
     (None, ["workers=0"], "error: workers must be a positive integer (or null), got 0"),
     (None, ["batch_tokens=0"], "error: batch_tokens must be a positive integer, got 0"),
     (None, ["max_src_len=null"], "error: max_src_len must be a positive integer"),

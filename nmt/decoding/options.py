@@ -12,6 +12,11 @@ from typing import Any
 
 from nmt.core.errors import ConfigError
 
+# The largest size of a number option: a length, count or factor beyond it means nothing
+# and overflows the integers of the search; a seed may use torch's 64 bits.
+LIMIT = 2**31 - 1
+SEED_LIMIT = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -74,6 +79,9 @@ def _type_problems(d: Decoding) -> list[str]:
             problems.append(f"{name} must be an integer, got {value!r}")
         elif not math.isfinite(value):
             problems.append(f"{name} must be finite, got {value!r}")
+        elif abs(value) > (SEED_LIMIT if name == "seed" else LIMIT):
+            limit = SEED_LIMIT if name == "seed" else LIMIT
+            problems.append(f"{name} is out of range (at most {limit} in size), got {value!r}")
     return problems
 
 
