@@ -79,8 +79,7 @@ def _type_problems(d: Decoding) -> list[str]:
             problems.append(f"{name} must be an integer, got {value!r}")
         elif not math.isfinite(value):
             problems.append(f"{name} must be finite, got {value!r}")
-        elif abs(value) > (SEED_LIMIT if name == "seed" else LIMIT):
-            limit = SEED_LIMIT if name == "seed" else LIMIT
+        elif abs(typing.cast(float, value)) > (limit := SEED_LIMIT if name == "seed" else LIMIT):
             problems.append(f"{name} is out of range (at most {limit} in size), got {value!r}")
     return problems
 

@@ -65,14 +65,9 @@ def model_summary(translator: Translator, checkpoints: list[str]) -> dict[str, A
     return summary
 
 
-def run(cfg: Any) -> None:
-    """serve.py (conf/serve.yaml): serve until SIGTERM or SIGINT."""
-    limits = Limits(**dict(cfg.limits))
-    batching = Batching(**dict(cfg.batching))
-    decoding = Decoding.from_dict(dict(cfg.decoding))
-    caption_decoding = no_shortlist(Decoding.from_dict(dict(cfg.caption_decoding),
-                                                       "caption_decoding"))
-    host, port = str(cfg.host), cfg.port
+def _check_server(cfg: Any, batching: Batching) -> None:
+    """The port, processes and timeouts, each refused in one line."""
+    port = cfg.port
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError(f"port must be a number from 1 to 65535, got {port!r}")
     if isinstance(cfg.processes, bool) or not isinstance(cfg.processes, int) or cfg.processes < 1:
@@ -82,6 +77,17 @@ def run(cfg: Any) -> None:
     if batching.batch_timeout >= cfg.timeout:
         raise ConfigError(f"batching.batch_timeout ({batching.batch_timeout} s) must be less "
                           f"than timeout ({cfg.timeout} s), the longest a request may wait")
+
+
+def run(cfg: Any) -> None:
+    """serve.py (conf/serve.yaml): serve until SIGTERM or SIGINT."""
+    limits = Limits(**dict(cfg.limits))
+    batching = Batching(**dict(cfg.batching))
+    decoding = Decoding.from_dict(dict(cfg.decoding))
+    caption_decoding = no_shortlist(Decoding.from_dict(dict(cfg.caption_decoding),
+                                                       "caption_decoding"))
+    host, port = str(cfg.host), cfg.port
+    _check_server(cfg, batching)
     listen_socket(host, port).close()  # a port in use: said now, not after loading models
     device = resolve_device(cfg.device)
     resolve_workers(cfg.workers, device)  # a bad value: one line here, not in the worker
