@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU paths for real, on a machine with a CUDA GPU (docs/benchmarks.md, GPU):
+# The GPU paths for real, on a machine with a CUDA GPU (docs/results.md, H100 rows):
 #
 #   bash bench/gpu.sh check   # tests/test_gpu.py, then bench/train.py at 32-true, 16-mixed, bf16-mixed
 #   bash bench/gpu.sh train   # the default recipe, trainer=gpu, for GPU_TRAIN_TIME (default 5 min),

@@ -1,6 +1,6 @@
 """bench/joey.py: Joey NMT's configuration mirrors our default model, its log is read
 right, and a Python without joeynmt is refused in one line (Joey itself is not one of
-our dependencies, so the comparison runs by hand: docs/benchmarks.md)."""
+our dependencies, so the comparison runs by hand: docs/results.md)."""
 
 from __future__ import annotations
 
