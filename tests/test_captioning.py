@@ -141,11 +141,12 @@ def test_a_frozen_encoder_trains_on_features_cached_once(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint, data root): a tiny captioner trained for two epochs on 96 images."""
+    """(checkpoint, data root): a tiny captioner trained for six epochs on 96 images,
+    enough to name shapes (an empty caption scores the same against any references)."""
     from nmt.training.train import train
 
     tmp = tmp_path_factory.mktemp("caption")
-    train(compose_train(caption_overrides(tmp, "trainer.max_epochs=2", "optim.lr=0.005",
+    train(compose_train(caption_overrides(tmp, "trainer.max_epochs=6", "optim.lr=0.01",
                                           "test_after_training=false")))
     return tmp / "run" / "checkpoints" / "last.ckpt", tmp / "data"
 
@@ -191,10 +192,12 @@ def test_caption_cli_writes_a_tsv_skips_bad_files_and_plots_attention(trained, t
                    "output=out/captions.tsv", f"attention_plots={tmp_path / 'plots'}",
                    "attention_plots_n=2", "progress=false", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    lines = (tmp_path / "out" / "captions.tsv").read_text().splitlines()
-    assert [line.split("\t")[0] for line in lines] == [
-        str(p) for p in sorted(folder.glob("test_*.png"))]
-    assert all(len(line.split("\t")) == 2 for line in lines)
+    # The captions the Captioner gives in-process with caption.yaml's decoding.
+    images = [str(p) for p in sorted(folder.glob("test_*.png"))]
+    expected = Captioner.from_checkpoint(trained[0]).caption_files(
+        images, Decoding(beam_size=3, max_len=30))
+    assert (tmp_path / "out" / "captions.tsv").read_text() == "".join(
+        f"{c.source}\t{c.text}\n" for c in expected)
     assert "broken.png: not a readable image" in done.stderr and "1 of 5 file(s)" in done.stderr
     plots = sorted((tmp_path / "plots").glob("*.png"))
     assert len(plots) == 2  # a tiny model's caption may be empty: one panel (EOS) at least
@@ -223,8 +226,40 @@ def test_evaluate_scores_captions_against_every_reference(trained, tmp_path):
     assert done.returncode == 0, done.stderr
     [entry] = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert entry["test_set"] == "test" and entry["sentences"] == 12
-    assert {"bleu1", "bleu4", "rouge_l", "cider"} <= set(entry)
-    assert "CIDEr-D" in done.stdout and (tmp_path / entry["hypotheses"]).is_file()
+    assert "CIDEr-D" in done.stdout
+    # Scored apart: the hypotheses file against every caption of each image in the
+    # generated dataset.json (sacrebleu; pycocoevalcap's ROUGE-L and CIDEr-D).
+    hyps = dict(line.split("\t") for line in
+                (tmp_path / entry["hypotheses"]).read_text().splitlines())
+    dataset = json.loads((trained[1] / "shapes" / "generated" / "dataset.json").read_text())
+    images = trained[1] / "shapes" / "generated" / "images"
+    refs = {str(images / i["filename"]): [s["raw"] for s in i["sentences"]]
+            for i in dataset["images"] if i["split"] == "test"}
+    assert hyps.keys() == refs.keys() and min(map(len, refs.values())) >= 2
+    expected = caption_scores_apart(hyps, refs)
+    assert {k: entry[k] for k in expected} == pytest.approx(expected, abs=0.01)
+    assert len(set(hyps.values())) > 1 and expected["bleu4"] > 1  # captions worth scoring
+
+
+def caption_scores_apart(hyps: dict[str, str], refs: dict[str, list[str]]) -> dict[str, float]:
+    """BLEU-1..4 by sacrebleu with a reference stream per caption of an image, ROUGE-L
+    and CIDEr-D by pycocoevalcap, x100, on lowercased words."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from sacrebleu.metrics import BLEU
+
+    def words(text: str) -> str:
+        return " ".join(w for w in text.lower().split() if w.isalnum())  # "," dropped
+
+    gts = {k: [words(r) for r in refs[k]] for k in hyps}
+    res = {k: [words(h)] for k, h in hyps.items()}
+    streams = [[gts[k][j] if j < len(gts[k]) else None for k in hyps]
+               for j in range(max(map(len, gts.values())))]
+    scores = {f"bleu{n}": BLEU(tokenize="none", max_ngram_order=n).corpus_score(
+        [res[k][0] for k in hyps], streams).score for n in range(1, 5)}
+    scores["rouge_l"] = 100 * Rouge().compute_score(gts, res)[0]
+    scores["cider"] = 100 * Cider().compute_score(gts, res)[0]
+    return scores
 
 
 # --- BatchNorm statistics recomputed before validation -----------------------------------------

@@ -17,6 +17,7 @@ from torch import nn
 from train_helpers import compose_train, toy_overrides
 
 from nmt.core.errors import CheckpointError
+from nmt.core.tokens import BOS_ID
 from nmt.data.tokenizer import TokenizerConfig, train_sentencepiece
 from nmt.decoding.beam import beam_search
 from nmt.decoding.checkpoints import load_checkpoint
@@ -25,7 +26,7 @@ from nmt.decoding.ensemble import Ensemble
 from nmt.decoding.options import Decoding
 from nmt.decoding.search import greedy_search, score_targets
 from nmt.inference.translator import Translator, pad_sources
-from nmt.model import build_model
+from nmt.model import build_model, model_from_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,6 +149,34 @@ def test_translator_ensemble_of_one_and_of_two(checkpoints):
     pair = Translator.from_checkpoint([first, second])
     assert isinstance(pair.model, Ensemble) and len(pair.model) == 2
     assert len(pair.translate(SENTENCES, decoding)) == len(SENTENCES)
+
+
+def step_outputs(model: nn.Module, src: torch.Tensor, src_lengths: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """(B, T, V): what ``model.step`` gives at every position of ``targets``, teacher-forced."""
+    enc = model.encode(src, src_lengths)
+    state, prev, out = model.init_state(enc), torch.full((src.size(0),), BOS_ID), []
+    for t in range(targets.size(1)):
+        logits, state, _ = model.step(prev, state, enc)
+        out.append(logits)
+        prev = targets[:, t]
+    return torch.stack(out, dim=1)
+
+
+def test_ensemble_of_two_checkpoints_gives_the_mean_of_their_log_probs(checkpoints):
+    pair = Translator.from_checkpoint(checkpoints)
+    src, src_lengths = pad_sources(pair.src_tokenizer.encode(SENTENCES), torch.device("cpu"))
+    references = [de for _, de in toy_pairs(12, seed=7)]
+    targets, _ = pad_sources(pair.tgt_tokenizer.encode(references), torch.device("cpu"))
+    with torch.no_grad():
+        ensembled = step_outputs(pair.model, src, src_lengths, targets)
+        # Each member on its own, loaded from its own file.
+        alone = [F.log_softmax(step_outputs(model_from_checkpoint(load_checkpoint(p)).eval(),
+                                            src, src_lengths, targets), dim=-1)
+                 for p in checkpoints]
+    torch.testing.assert_close(ensembled, (alone[0] + alone[1]) / 2, atol=1e-5, rtol=1e-5)
+    for member in alone:
+        assert (ensembled - member).abs().max() > 1e-2  # neither member stands for both
 
 
 def test_members_must_share_the_vocabularies(checkpoints, tmp_path):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from test_model import make, toy_batch
@@ -14,6 +15,7 @@ from test_registry import checkpoint_of
 from train_helpers import ROOT
 
 from nmt.core.tokens import BOS_ID, EOS_ID
+from nmt.data.captioning import ImageSettings, cache_features
 from nmt.model import build_model, model_from_checkpoint
 from nmt.model.backbones import import_torchvision
 from nmt.model.image_encoder import ImageEncoder
@@ -78,14 +80,25 @@ def test_final_is_the_mean_of_the_cells():
     torch.testing.assert_close(final, memory.mean(1))
 
 
-def test_cached_features_give_what_images_give():
+def test_cached_features_give_what_images_give(tmp_path):
     torch.manual_seed(0)
     model = build_model(IMAGE_SMALL, 1, V).eval()
-    x, lengths, tgt = image_batch()
+    _, lengths, tgt = image_batch()
+    pixels = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    settings = ImageSettings(16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    # What the data caches (float16 on disk), against the backbone's grid read cell by
+    # cell, row-major, of the images normalised here by hand.
+    cached = torch.from_numpy(np.array(cache_features(pixels.numpy(), model.encoder, settings,
+                                                      tmp_path))).float()
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (settings.mean, settings.std))
+    x = (pixels.permute(0, 3, 1, 2) / 255 - mean) / std  # (4, 3, 16, 16)
     with torch.no_grad():
-        feats = model.encoder.features(x)  # (4, 4, 12): what the data would cache
-        assert feats.shape == (4, 4, 12)
-        torch.testing.assert_close(model(feats, lengths, tgt), model(x, lengths, tgt))
+        grid = model.encoder.backbone(x)  # (4, 12, 2, 2)
+        cells = torch.stack([grid[:, :, r, c] for r in range(2) for c in range(2)], dim=1)
+        torch.testing.assert_close(cached, cells, atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(model(cached, lengths, tgt), model(x, lengths, tgt),
+                                   atol=2e-3, rtol=2e-3)
 
 
 def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():

@@ -26,7 +26,6 @@ from nmt.decoding.options import Decoding
 from nmt.decoding.search import (
     Hypothesis,
     greedy_search,
-    length_penalty,
     max_lengths,
     sample,
 )
@@ -126,6 +125,12 @@ def allowed(tok: int, step: int, limit: int, min_len: int) -> bool:
     return step + 1 < limit
 
 
+def penalized(score: float, length: int, alpha: float) -> float:
+    """``score`` over GNMT's length penalty ((5 + length) / 6) ** alpha (``length`` counts
+    the EOS), written out here: the oracles must not share the search's own formula."""
+    return score / ((5 + length) / 6) ** alpha
+
+
 def brute_force(model: TableModel, which: int, limit: int, min_len: int, alpha: float
                 ) -> list[tuple[float, tuple[int, ...]]]:
     """Every possible output with its penalized score, best first."""
@@ -134,7 +139,7 @@ def brute_force(model: TableModel, which: int, limit: int, min_len: int, alpha: 
     def extend(prefix: tuple[int, ...], score: float) -> None:
         lps, step = model.log_probs(which, prefix), len(prefix)
         if allowed(EOS_ID, step, limit, min_len):
-            outputs.append(((score + lps[EOS_ID]) / length_penalty(step + 1, alpha), prefix))
+            outputs.append((penalized(score + lps[EOS_ID], step + 1, alpha), prefix))
         for tok in REAL:
             if allowed(tok, step, limit, min_len):
                 extend((*prefix, tok), score + lps[tok])
@@ -156,7 +161,7 @@ def reference_beam(model: TableModel, which: int, limit: int, min_len: int, alph
                       if allowed(tok, step, limit, min_len) and lps[tok] > NEG_INF]
         cands.sort(key=lambda c: -c[0])
         top = cands[: 2 * k]
-        finished += [(s / length_penalty(step + 1, alpha), p) for s, p, t in top[:k]
+        finished += [(penalized(s, step + 1, alpha), p) for s, p, t in top[:k]
                      if t == EOS_ID]
         live = [((*p, t), s) for s, p, t in top if t != EOS_ID][:k]
         if len(finished) >= k or not live:
@@ -434,8 +439,9 @@ def test_hypotheses_are_well_formed(model, batch, name, max_len_a, max_len_b, mi
             assert not {EOS_ID, BOS_ID, PAD_ID} & set(h.tokens)  # EOS ends, never inside
             assert min(min_len, limit - 1) <= len(h.tokens) <= limit - 1  # EOS included
             logprob, attention = rescore(model, src[i], n, h.tokens)
-            penalty = length_penalty(len(h.tokens) + 1, 0.6) if name == "beam" else 1.0
-            assert h.score == pytest.approx(logprob / penalty, abs=1e-4)
+            alpha = 0.6 if name == "beam" else 0.0  # greedy's score is not penalized
+            assert h.score == pytest.approx(penalized(logprob, len(h.tokens) + 1, alpha),
+                                            abs=1e-4)
             assert h.attention.shape == (len(h.tokens) + 1, n)
             torch.testing.assert_close(h.attention, attention, atol=1e-5, rtol=1e-4)
             assert not torch.is_inference(h.attention)  # usable outside inference mode
@@ -457,7 +463,7 @@ def test_beam_one_equals_greedy(model, batch):
         beam = beam_search(model, *batch, Decoding(beam_size=1, alpha=alpha))
         for [g], [b] in zip(greedy, beam, strict=True):
             assert b.tokens == g.tokens
-            assert b.score == pytest.approx(g.score / length_penalty(len(g.tokens) + 1, alpha),
+            assert b.score == pytest.approx(penalized(g.score, len(g.tokens) + 1, alpha),
                                             abs=1e-5)
 
 

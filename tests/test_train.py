@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import lightning as L
 import pytest
@@ -66,15 +67,48 @@ def test_trainer_configs_instantiate(trainer, tmp_path):
         cfg.update(accelerator="cpu", precision="bf16-mixed",
                    devices=2 if cfg.get("strategy") == "ddp" else 1)
     t = L.Trainer(**cfg, default_root_dir=tmp_path, logger=False)
-    assert t.precision == cfg["precision"]
+    assert autocast_dtype(t) == PRECISION_DTYPES[cfg["precision"]]
     assert t.max_epochs == (1 if cfg.get("fast_dev_run") else cfg["max_epochs"])
 
 
-def test_experiment_configs_compose():
-    for name in choices("experiment"):
-        cfg = compose_train([f"experiment={name}"])
-        check_optim(plain(cfg.optim))
-        TranslationModule(20, 20, plain(cfg.model), plain(cfg.optim))
+PRECISION_DTYPES = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16}
+
+
+def autocast_dtype(trainer: L.Trainer) -> torch.dtype:
+    """The dtype of a matmul under the trainer's precision plugin, as in a training step."""
+    with trainer.precision_plugin.forward_context():
+        return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+
+
+def leaves(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The values of a nested config mapping by dotted key (lists are values)."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("name", choices("experiment"))
+def test_experiment_configs_compose(name):
+    cfg = compose_train([f"experiment={name}"])
+    check_optim(plain(cfg.optim))
+    TranslationModule(20, 20, plain(cfg.model), plain(cfg.optim))
+    # The composed config holds every value the experiment file sets, and those of each
+    # group it overrides (the file's own values winning), over train.yaml's defaults.
+    recipe = plain(OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml"))
+    expected: dict[str, Any] = {}
+    for entry in recipe.pop("defaults", []):
+        [(key, choice)] = entry.items()  # {"override /optim": "adam_cosine_timed"}
+        group = key.removeprefix("override /")
+        chosen = plain(OmegaConf.load(ROOT / "conf" / group / f"{choice}.yaml"))
+        expected.update(leaves(chosen, f"{group}."))
+    expected.update(leaves(recipe))
+    composed, default = leaves(plain(cfg)), leaves(plain(compose_train([])))
+    assert {k: composed.get(k, "(missing)") for k in expected} == expected
+    assert len([k for k, v in expected.items() if default.get(k) != v]) >= 5
 
 
 @pytest.mark.parametrize(("override", "match"), [
@@ -213,8 +247,17 @@ def test_resume_without_checkpoint_is_a_clear_error(toy_cfg, tmp_path):
 def test_bf16_mixed_on_cpu(toy_cfg, tmp_path):
     cfg = compose_train([*toy_overrides(toy_cfg, tmp_path / "run"), "trainer=debug",
                          "trainer.precision=bf16-mixed"])
-    _, trainer = fit_recorded(cfg)
-    assert trainer.precision == "bf16-mixed" and trainer.global_step == 1
+    dtypes: list[torch.dtype] = []  # of the model's logits in the training step
+
+    class Logits(L.Callback):
+        def on_train_start(self, trainer, module) -> None:
+            module.model.register_forward_hook(
+                lambda model, args, logits: dtypes.append(logits.dtype) if model.training
+                else None)
+
+    _, trainer = fit_recorded(cfg, callbacks=[Logits()])
+    assert trainer.global_step == 1 and dtypes == [torch.bfloat16]  # computed in bf16 ...
+    assert {p.dtype for p in trainer.lightning_module.parameters()} == {torch.float32}  # ... mixed
 
 
 @pytest.mark.slow

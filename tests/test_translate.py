@@ -237,18 +237,18 @@ def test_nbest_format(translator):
 # --- translate.py ----------------------------------------------------------------------------
 
 
-def test_translate_command_files(checkpoint, tmp_path):
-    first = write_side(tmp_path / "a.en", [SENTENCES[0], "", SENTENCES[1], "  ", SENTENCES[2]])
-    second = write_side(tmp_path / "b.en", SENTENCES[3:6])
+def test_translate_command_files(checkpoint, tmp_path, translator):
+    inputs = {"a": [SENTENCES[0], "", SENTENCES[1], "  ", SENTENCES[2]], "b": SENTENCES[3:6]}
+    first, second = (write_side(tmp_path / f"{name}.en", s) for name, s in inputs.items())
     result = run_cli("translate.py", f"checkpoint={checkpoint}", f"input=[{first},{second}]",
                      f"output=[{tmp_path / 'a.de'},{tmp_path / 'b.de'}]", "progress=false",
                      f"attention_plots={tmp_path / 'plots'}", "attention_plots_n=2",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    a = (tmp_path / "a.de").read_text().split("\n")
-    assert len(a) == 6 and a[-1] == ""  # five lines, each ending in a newline
-    assert a[1] == a[3] == "" and a[0] and a[2] and a[4]
-    assert len((tmp_path / "b.de").read_text().splitlines()) == 3
+    for name, lines in inputs.items():  # what the Translator gives with beam5.yaml
+        expected = translator.translate_text(lines, Decoding(beam_size=5, alpha=0.6))
+        assert (tmp_path / f"{name}.de").read_text() == "".join(t + "\n" for t in expected)
+        assert [bool(t) for t in expected] == [bool(s.strip()) for s in lines]  # "" for blank
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert plots == ["a.en.0001.png", "b.en.0001.png", "b.en.0002.png"]  # line 2 of a is empty
 
@@ -269,7 +269,9 @@ def test_translate_command_counts_truncated_inputs(checkpoint, tmp_path):
                      "progress=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "in.en: 2 input(s) longer than 4 pieces were truncated" in result.stderr
-    assert len((tmp_path / "out.de").read_text().splitlines()) == 3
+    short = Translator.from_checkpoint(checkpoint, max_src_len=4)
+    expected = short.translate_text([SENTENCES[0], "Ein .", SENTENCES[1]], Decoding(beam_size=1))
+    assert (tmp_path / "out.de").read_text() == "".join(t + "\n" for t in expected)
 
 
 @pytest.mark.parametrize(("make", "args", "message"), [
