@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread a test process (and the processes it starts) unless the environment
+# says otherwise: the tensors here are tiny, pytest-xdist runs a process per core, and on
+# a busy machine extra threads only spin (a toy training took 50x as long with two).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import nmt  # noqa: F401  (first: makes an installed torchvision importable for lightning)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

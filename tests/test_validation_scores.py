@@ -72,14 +72,15 @@ def test_logged_val_bleu_is_sacrebleu_of_the_dev_hypotheses(toy_dir, tmp_path, d
     assert all(sorted(ids) == list(range(40)) for ids in decoded.values())
     assert logged == pytest.approx(list(recomputed.values()), abs=1e-3)
     assert max(recomputed.values()) > 5  # a score that wrong hypotheses would change
-    # best-*.ckpt is the checkpoint of the best validation, and decodes what it decoded
-    # (an empty source line is translated as "" outside validation).
+    # best-*.ckpt is the checkpoint of the best validation, and translate.py's code decodes
+    # what it decoded, the empty source line (line 5) as an empty line included.
     step = max(recomputed, key=recomputed.__getitem__)
     assert ckpt["global_step"] == step
     sources = (toy_dir / "valid.en").read_text().split("\n")[:-1]
     again = Translator.from_checkpoint(best).translate(sources, Decoding(beam_size=1))
-    assert [t.hypotheses[0].tokens for i, t in enumerate(again) if sources[i]] == [
-        ids for i, ids in sorted(decoded[step].items()) if sources[i]]
+    assert sources[5] == "" and decoded[step][5] == []
+    assert [list(t.hypotheses[0].tokens) if t.hypotheses else [] for t in again] == [
+        ids for _, ids in sorted(decoded[step].items())]
 
 
 def test_partial_validation_scores_the_decoded_sentences_only(toy_dir, tmp_path, decoded):

@@ -160,9 +160,11 @@ class TranslationModule(L.LightningModule):
         self._eval_end("test", "test")
 
     def best_token_ids(self, batch: Batch, **settings: Any) -> list[list[int]]:
-        """Best hypothesis' token ids for each sentence (greedy when beam_size is 1)."""
+        """Best hypothesis' token ids for each sentence (greedy when beam_size is 1); an
+        empty source line (EOS alone) gives an empty line, as translate.py gives it."""
         results = decode(self.model, batch, Decoding(**settings))
-        return [list(r[0].tokens) for r in results]
+        empty = (batch.src_lengths <= 1).tolist()
+        return [[] if e else list(r[0].tokens) for r, e in zip(results, empty, strict=True)]
 
     def _eval_end(self, prefix: str, split: str) -> None:
         sums = self._val_sums
