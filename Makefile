@@ -64,11 +64,15 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
+# Two pytest-xdist workers, each test module on one of them (a module's fixtures, such as a
+# trained toy model, are built once); each worker computes on one thread (tests/conftest.py).
+XDIST := -n 2 --dist loadscope
+
 test: lint typecheck layers browser
-	NMT_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow"
+	NMT_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow" $(XDIST) --durations=10
 
 test-fast: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 bench-data: install
 	$(PY) bench/data.py
