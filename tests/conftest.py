@@ -135,3 +135,9 @@ def shared_data() -> Path:
     if not (path / "multi30k").is_dir():
         pytest.skip(f"no offline copy of multi30k under {path}")
     return path
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slow tests first (in their modules' order): under pytest-xdist the longest ones
+    then start at once, rather than keep one worker busy after the other is done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
