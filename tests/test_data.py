@@ -290,12 +290,13 @@ def test_unpinned_local_copy_checked_by_line_count_then_by_recorded_sha256(
     assert again == files and not caplog.records  # the recorded sha256 from now on
 
 
+# Named cases: ids made of gzip bytes (which carry the time) differ between xdist workers.
 @pytest.mark.parametrize(("content", "match"), [
     (gzip.compress(b"eins\n" * 460), r"test_2017_mscoco\.de\.gz: 460 lines, but the published "
      r"file has 461; it is incomplete or not the published version: delete it"),
     (b"eins\n" * 461, r"test_2017_mscoco\.de\.gz: not a gzip file, .* delete it"),
     (gzip.compress(b"eins\n\xff\n" * 200), r"test_2017_mscoco\.de\.gz, line 2: invalid UTF-8"),
-])
+], ids=["a-line-short", "not-gzip", "invalid-utf8"])
 def test_unpinned_file_with_wrong_content_is_refused(tmp_path, content, match):
     local = fake_multi30k_tests(tmp_path / "copy")
     (local / "multi30k" / "test_2017_mscoco.de.gz").write_bytes(content)
