@@ -65,8 +65,9 @@ browser:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 # Two pytest-xdist workers, each test module on one of them (a module's fixtures, such as a
-# trained toy model, are built once); each worker computes on one thread (tests/conftest.py).
-XDIST := -n 2 --dist loadscope
+# trained toy model, are built once), in collection order: the slow ones first
+# (tests/conftest.py, where each worker is also held to one thread).
+XDIST := -n 2 --dist loadscope --no-loadscope-reorder
 
 test: lint typecheck layers browser
 	NMT_REQUIRE_BROWSER=1 $(PY) -m pytest -m "slow or not slow" $(XDIST) --durations=10
