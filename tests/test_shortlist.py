@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from test_translate import checkpoint, translator  # noqa: F401  (module fixture
 from train_helpers import ROOT
 
 from nmt.core.errors import CheckpointError, ConfigError
+from nmt.decoding import shortlist
 from nmt.decoding.checkpoints import load_checkpoint
 from nmt.decoding.dispatch import decode
 from nmt.decoding.ensemble import Ensemble
@@ -58,6 +60,36 @@ def test_the_table_holds_each_source_piece_s_most_associated_target_pieces():
     assert own[0][valid[0]].tolist() == sorted(first)
     assert own[1][valid[1]].tolist() == [0, 1, 2, 3, 30]
     assert own.shape == (2, len(first)) and valid.sum(1).tolist() == [len(first), 5]
+
+
+def test_counting_in_chunks_gives_the_table_of_one_count(monkeypatch):
+    # The counts are merged chunk by chunk (bounded memory on any corpus): the table must
+    # not depend on where the chunks end, down to one sentence pair a chunk.
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(4, 60, rng.integers(0, 9)).tolist(),
+              rng.integers(4, 50, rng.integers(0, 9)).tolist()) for _ in range(400)]
+    src, tgt = corpus(pairs)
+    src = (src[0].astype(np.uint16), src[1])  # the dtype prepared corpora store
+    whole = build(src, tgt, 60, 50, per_source=4, frequent=5)
+    assert (whole.table >= 0).sum() > 150  # most source pieces have candidates
+    for chunk in (1, 7, 500):
+        monkeypatch.setattr(shortlist, "CHUNK", chunk)
+        table = build(src, tgt, 60, 50, per_source=4, frequent=5)
+        assert torch.equal(table.table, whole.table) and torch.equal(table.frequent,
+                                                                     whole.frequent)
+    # By hand for one piece: 59's row holds the target pieces it shares most pairs with.
+    together = Counter(t for s, t_ids in pairs if 59 in s for t in set(t_ids))
+    with_59 = sum(59 in s for s, _ in pairs)
+    in_pairs = Counter(t for _, t_ids in pairs for t in set(t_ids))
+    dice = {t: 2 * c / (with_59 + in_pairs[t]) for t, c in together.items()}
+    best = sorted(dice, key=lambda t: (-dice[t], -together[t], t))[:4]
+    assert whole.table[59].tolist() == best
+
+
+def test_an_empty_corpus_gives_an_empty_table():
+    empty = (np.empty(0, dtype=np.uint16), np.zeros(1, dtype=np.int64))
+    table = build(empty, empty, 8, 8)
+    assert (table.table == -1).all() and table.frequent.tolist() == list(range(SPECIALS))
 
 
 def test_bad_settings_and_tables_are_refused():

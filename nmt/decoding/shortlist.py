@@ -35,6 +35,8 @@ from nmt.decoding.ensemble import Ensemble
 from nmt.decoding.search import NEG_INF, Hypothesis
 
 SPECIALS = EOS_ID + 1  # ids 0..EOS_ID: PAD, UNK, BOS, EOS
+CHUNK = 2_000_000  # (source piece, target piece) pairs counted at a time: about 150 MB
+NONE = np.empty(0, dtype=np.int64)  # lets an empty chunk concatenate
 
 
 @dataclass(frozen=True)
@@ -102,20 +104,19 @@ def build(src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray]
         raise ConfigError(f"shortlist.per_source must be a positive integer, got {per_source!r}")
     if not isinstance(frequent, int) or isinstance(frequent, bool) or frequent < 0:
         raise ConfigError(f"shortlist.frequent must be an integer >= 0, got {frequent!r}")
-    src_sets, tgt_sets = _sentence_sets(*src), _sentence_sets(*tgt)
-    if len(src_sets) != len(tgt_sets):
-        raise ConfigError(f"shortlist: {len(src_sets)} source but {len(tgt_sets)} target "
-                          "sentences")
-    # Every (source piece, target piece) pair of every sentence pair, as one code.
-    n_src = np.array([len(s) for s in src_sets], dtype=np.int64)
-    n_tgt = np.array([len(t) for t in tgt_sets], dtype=np.int64)
-    s_flat = np.repeat(np.concatenate(src_sets), np.repeat(n_tgt, n_src))
-    t_flat = np.concatenate([np.tile(t, len(s)) for s, t in zip(src_sets, tgt_sets,
-                                                                strict=True)])
-    codes, pairs = np.unique(s_flat * tgt_vocab + t_flat, return_counts=True)
+    n = len(src[1]) - 1
+    if n != len(tgt[1]) - 1:
+        raise ConfigError(f"shortlist: {n} source but {len(tgt[1]) - 1} target sentences")
+    codes, pairs = NONE, NONE  # sorted distinct (source, target) codes, their pair counts
+    c_src = np.zeros(src_vocab, dtype=np.int64)
+    c_tgt = np.zeros(tgt_vocab, dtype=np.int64)
+    for start, end in _chunks(src[1], tgt[1]):  # bounded memory at any corpus size
+        src_sets = _sentence_sets(src[0], src[1][start:end + 1])
+        tgt_sets = _sentence_sets(tgt[0], tgt[1][start:end + 1])
+        codes, pairs = _merge_counts(codes, pairs, *_pair_codes(src_sets, tgt_sets, tgt_vocab))
+        c_src += np.bincount(np.concatenate([*src_sets, NONE]), minlength=src_vocab)
+        c_tgt += np.bincount(np.concatenate([*tgt_sets, NONE]), minlength=tgt_vocab)
     s_of, t_of = codes // tgt_vocab, codes % tgt_vocab
-    c_src = np.bincount(np.concatenate(src_sets), minlength=src_vocab)
-    c_tgt = np.bincount(np.concatenate(tgt_sets), minlength=tgt_vocab)
     dice = 2 * pairs / (c_src[s_of] + c_tgt[t_of])
     # By source piece, then best first: the first per_source of each source piece.
     order = np.lexsort((-pairs, -dice, s_of))
@@ -133,10 +134,49 @@ def build(src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray]
                      tgt_vocab)
 
 
+def _chunks(src_offsets: np.ndarray, tgt_offsets: np.ndarray) -> list[tuple[int, int]]:
+    """Spans of sentence pairs of at most CHUNK piece pairs each (a longer pair alone)."""
+    src_offsets, tgt_offsets = np.asarray(src_offsets), np.asarray(tgt_offsets)
+    products = np.diff(src_offsets).astype(np.int64) * np.diff(tgt_offsets)
+    total = np.cumsum(products)
+    ends = np.searchsorted(total, np.arange(CHUNK, int(total[-1]) if len(total) else 0,
+                                            CHUNK), side="right")
+    bounds = np.unique(np.concatenate([[0], np.maximum(ends, 1), [len(products)]]))
+    return list(itertools.pairwise(bounds.tolist()))
+
+
+def _pair_codes(src_sets: list[np.ndarray], tgt_sets: list[np.ndarray], tgt_vocab: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Every (source piece, target piece) pair of the sentence pairs, as one code
+    ``s * tgt_vocab + t``: the distinct codes, sorted, and the sentence pairs of each."""
+    n_src = np.array([len(s) for s in src_sets], dtype=np.int64)
+    n_tgt = np.array([len(t) for t in tgt_sets], dtype=np.int64)
+    s_flat = np.repeat(np.concatenate([*src_sets, NONE]), np.repeat(n_tgt, n_src))
+    t_flat = np.concatenate([*(np.tile(t, len(s)) for s, t in zip(src_sets, tgt_sets,
+                                                                   strict=True)), NONE])
+    return np.unique(s_flat * tgt_vocab + t_flat, return_counts=True)
+
+
+def _merge_counts(codes: np.ndarray, counts: np.ndarray, more: np.ndarray,
+                  more_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted, distinct code arrays with counts, merged (in linear time): the codes
+    of both, sorted and distinct, with their counts added."""
+    at = np.searchsorted(codes, more)
+    seen = at < len(codes)
+    seen[seen] = codes[at[seen]] == more[seen]
+    counts = counts.copy()
+    counts[at[seen]] += more_counts[seen]
+    new = ~seen
+    return np.insert(codes, at[new], more[new]), np.insert(counts, at[new], more_counts[new])
+
+
 def _sentence_sets(ids: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-    """Each sentence's distinct ids."""
-    ids = np.asarray(ids, dtype=np.int64)
-    return [np.unique(ids[a:b]) for a, b in itertools.pairwise(offsets.tolist())]
+    """Each sentence's distinct ids, for the sentences ``offsets`` delimits (of any span
+    of the corpus: only that span of ``ids`` is read)."""
+    first = int(offsets[0])
+    span = np.asarray(ids[first:int(offsets[-1])], dtype=np.int64)
+    return [np.unique(span[a - first:b - first])
+            for a, b in itertools.pairwise(offsets.tolist())]
 
 
 class Columns(NamedTuple):
