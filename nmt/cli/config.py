@@ -139,8 +139,6 @@ class TrainConfig:
     test_after_training: bool = True
 
 
-
-
 def register() -> None:
     """Make ``train_schema`` known to Hydra (conf/train.yaml starts from it), and the
     schemas that files of the data and model groups name in their defaults: schema_text

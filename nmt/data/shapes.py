@@ -292,7 +292,6 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-
 class AttendedWord(NamedTuple):
     """Where the attention was when a colour or shape word was written."""
 
