@@ -24,12 +24,13 @@ from conftest import (
 from nmt.core.errors import ConfigError, DataError, TokenizerError
 from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID
 from nmt.data import catalog as catalog_mod
-from nmt.data import dataset as dataset_mod
+from nmt.data import encode as encode_mod
 from nmt.data import tokenizer as tokenizer_mod
 from nmt.data.catalog import CATALOG, CatalogCorpus, fetch_file, fetch_split, sha256_file
-from nmt.data.corpus import CleanConfig, read_lines, read_parallel
+from nmt.data.corpus import read_lines, read_parallel
 from nmt.data.datamodule import NMTDataModule
 from nmt.data.dataset import Batch, collate
+from nmt.data.filters import CleanConfig
 from nmt.data.prepare import describe, prepare
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig, train_sentencepiece
 
@@ -127,7 +128,8 @@ def test_cleaning_report_and_dev_untouched(tmp_path):
     write_pairs(d, "train", pairs)
     write_pairs(d, "valid", pairs[:20])  # the same bad pairs, which dev must keep
     write_pairs(d, "test", pairs[:20])
-    cfg = files_config(d, tmp_path / "cache", clean={"max_len": 60, "max_ratio": 2.5})
+    cfg = files_config(d, tmp_path / "cache",
+                       clean={"max_len": 60, "max_ratio": 2.5, "dedup": False})
     cfg["files"]["train"] = {"src": str(d / "train.en"), "tgt": str(d / "train.de")}
     prepared = prepare(cfg, {**TOY_TOKENIZER, "vocab_size": 80})
     report = prepared.datasets["train"].clean_report
@@ -472,9 +474,8 @@ def test_interrupted_encoding_leaves_nothing(toy_dir, tmp_path, monkeypatch):
 
     shutil.rmtree(encoded_root)
     monkeypatch.setattr(Tokenizer, "encode", failing_encode)
-    monkeypatch.setattr(dataset_mod, "CHUNK_LINES", 100)
     with pytest.raises(KeyboardInterrupt):
-        dataset_mod.encode_split(prepared.files["train"], prepared.src_tokenizer,
+        encode_mod.encode_split(prepared.files["train"], prepared.src_tokenizer,
                                  prepared.tgt_tokenizer, target, chunk_lines=100)
     assert not target.exists()
     assert not list(target.parent.iterdir())  # no temporary directory either

@@ -21,7 +21,7 @@ from test_translate import checkpoint, translator  # noqa: F401  (module fixture
 from train_helpers import ROOT
 
 from nmt.core.errors import CheckpointError, ConfigError
-from nmt.decoding import shortlist
+from nmt.data import cooccurrence
 from nmt.decoding.checkpoints import load_checkpoint
 from nmt.decoding.dispatch import decode
 from nmt.decoding.ensemble import Ensemble
@@ -73,7 +73,7 @@ def test_counting_in_chunks_gives_the_table_of_one_count(monkeypatch):
     whole = build(src, tgt, 60, 50, per_source=4, frequent=5)
     assert (whole.table >= 0).sum() > 150  # most source pieces have candidates
     for chunk in (1, 7, 500):
-        monkeypatch.setattr(shortlist, "CHUNK", chunk)
+        monkeypatch.setattr(cooccurrence, "CHUNK", chunk)
         table = build(src, tgt, 60, 50, per_source=4, frequent=5)
         assert torch.equal(table.table, whole.table) and torch.equal(table.frequent,
                                                                      whole.frequent)

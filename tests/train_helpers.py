@@ -27,6 +27,7 @@ def toy_overrides(cfg: dict, run_dir: Path) -> list[str]:
     out = [
         "data=files", f"data.root={cfg['root']}", "data.name=toy",
         "data.src_lang=en", "data.tgt_lang=de",
+        "data.clean.dedup=false",  # the toy corpus draws pairs with replacement
         "tokenizer.vocab_size=64", "tokenizer.input_sentence_size=0",
         "model.emb_size=16", "model.encoder_hidden=16", "model.decoder_hidden=24",
         "model.dropout=0.0", "batching.max_tokens=1500", "batching.eval_max_tokens=3000",

@@ -1,5 +1,5 @@
-"""Parallel text: reading, checking and cleaning (the catalog of known corpora:
-nmt/data/catalog.py).
+"""Parallel text: reading and checking (the catalog of known corpora: nmt/data/catalog.py;
+which training pairs are kept: nmt/data/filters.py).
 
 A corpus side is a text file (plain or gzip), UTF-8, one sentence a line; line N
 of the source side translates line N of the target side. Files are streamed line
@@ -28,7 +28,7 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
-def _open_binary(path: Path) -> io.BufferedIOBase:
+def open_binary(path: Path) -> io.BufferedIOBase:
     """Open a file for reading bytes, transparently un-gzipping it.
 
     Gzip is detected from the file's first bytes, not its name.
@@ -52,29 +52,43 @@ def read_lines(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[s
     a corrupt gzip stream, or an empty file.
     """
     path = Path(path)
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         yield from read_stream(f, str(path), allow_empty)
 
 
 def read_stream(f: Iterable[bytes], name: str, allow_empty: bool = False) -> Iterator[str]:
     """``read_lines`` for an open binary stream (e.g. stdin); ``name`` is used in errors."""
+    for n, raw in enumerate(raw_lines(f, name, allow_empty), start=1):
+        yield decode_line(raw, name, n)
+
+
+def raw_lines(f: Iterable[bytes], name: str, allow_empty: bool = False) -> Iterator[bytes]:
+    """The lines of a binary stream as bytes, line endings kept (``decode_line`` makes
+    text of them): read errors and an empty stream raise DataError naming ``name``."""
     n = 0
     try:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{name}, line {n}: invalid UTF-8 (byte {e.start + 1} of the line: "
-                    f"{raw[e.start:e.start + 1]!r}); the file must be UTF-8 text"
-                ) from None
-            if n == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            yield line.rstrip("\r\n")
+        for raw in f:
+            n += 1
+            yield raw
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{name}, after line {n}: cannot read the file ({e})") from None
     if n == 0 and not allow_empty:
         raise DataError(f"{name}: the file is empty")
+
+
+def decode_line(raw: bytes, name: str, n: int) -> str:
+    """Line ``n`` (1-based) of file ``name`` as text: UTF-8, without its line ending and,
+    on line 1, without a byte order mark; DataError for invalid UTF-8."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{name}, line {n}: invalid UTF-8 (byte {e.start + 1} of the line: "
+            f"{raw[e.start:e.start + 1]!r}); the file must be UTF-8 text"
+        ) from None
+    if n == 1 and line.startswith("\ufeff"):
+        line = line[1:]
+    return line.rstrip("\r\n")
 
 
 def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike
@@ -84,6 +98,13 @@ def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike
     Raises DataError with both line counts if the two sides differ in length.
     """
     return zip_aligned(read_lines(src_path), read_lines(tgt_path),
+                       lambda n_src, n_tgt: _misaligned(src_path, n_src, tgt_path, n_tgt))
+
+
+def raw_parallel(src: Iterable[bytes], tgt: Iterable[bytes], src_path: str | os.PathLike,
+                 tgt_path: str | os.PathLike) -> Iterator[tuple[bytes, bytes]]:
+    """``read_parallel`` of two open binary streams, as raw lines (``decode_line``)."""
+    return zip_aligned(raw_lines(src, str(src_path)), raw_lines(tgt, str(tgt_path)),
                        lambda n_src, n_tgt: _misaligned(src_path, n_src, tgt_path, n_tgt))
 
 
@@ -111,65 +132,6 @@ def _misaligned(src_path: str | os.PathLike, n_src: int, tgt_path: str | os.Path
         f"source and target differ in length: {src_path} has {n_src} lines but "
         f"{tgt_path} has {n_tgt} lines; line N of one side must translate line N of the other"
     )
-
-
-# --- cleaning --------------------------------------------------------------------------------
-
-
-@dataclass
-class CleanReport:
-    """How many training pairs cleaning kept and why it dropped the others."""
-
-    total: int = 0
-    kept: int = 0
-    empty: int = 0
-    too_long: int = 0
-    bad_ratio: int = 0
-
-    @property
-    def dropped(self) -> int:
-        return self.empty + self.too_long + self.bad_ratio
-
-    def __str__(self) -> str:
-        return (
-            f"kept {self.kept} of {self.total} pairs; dropped {self.dropped} "
-            f"({self.empty} with an empty side, {self.too_long} longer than max_len, "
-            f"{self.bad_ratio} with a length ratio above max_ratio)"
-        )
-
-    def to_dict(self) -> dict[str, int]:
-        return {"total": self.total, "kept": self.kept, "dropped": self.dropped,
-                "empty": self.empty, "too_long": self.too_long, "bad_ratio": self.bad_ratio}
-
-
-@dataclass(frozen=True)
-class CleanConfig:
-    """Filters for training pairs; lengths are counted in subword tokens.
-
-    ``max_len`` or ``max_ratio`` set to None disables that filter.
-    """
-
-    drop_empty: bool = True
-    max_len: int | None = 100
-    max_ratio: float | None = 3.0
-
-    def __post_init__(self) -> None:
-        if self.max_len is not None and self.max_len < 1:
-            raise DataError(f"clean.max_len must be a positive token count, got {self.max_len}")
-        if self.max_ratio is not None and self.max_ratio < 1:
-            raise DataError(f"clean.max_ratio must be >= 1, got {self.max_ratio}")
-
-    def reason(self, src_len: int, tgt_len: int) -> str | None:
-        """Why a pair with these token lengths is dropped, or None to keep it."""
-        if src_len == 0 or tgt_len == 0:
-            return "empty" if self.drop_empty else None
-        if self.max_len is not None and max(src_len, tgt_len) > self.max_len:
-            return "too_long"
-        if self.max_ratio is not None and max(src_len, tgt_len) > self.max_ratio * min(
-            src_len, tgt_len
-        ):
-            return "bad_ratio"
-        return None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from nmt.data.captioning import (
 )
 from nmt.data.corpus import read_lines
 from nmt.data.dataset import Batch, ParallelDataset, collate
+from nmt.data.mixing import MixedDataset
 from nmt.data.prepare import DataConfig, PreparedData, from_dict, prepare
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.subword_sampling import SampledDataset
@@ -90,11 +91,11 @@ class NMTDataModule(L.LightningDataModule):
             warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
 
     def prepare_data(self) -> None:
-        prepare(self.data_cfg, self.tokenizer_cfg)
+        prepare(self.data_cfg, self.tokenizer_cfg, self.seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.prepared is None:
-            self.prepared = prepare(self.data_cfg, self.tokenizer_cfg)
+            self.prepared = prepare(self.data_cfg, self.tokenizer_cfg, self.seed)
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -102,7 +103,7 @@ class NMTDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset: ParallelDataset | CaptionDataset | SampledDataset,
+    def _loader(self, dataset: ParallelDataset | MixedDataset | CaptionDataset | SampledDataset,
                 sampler: TokenBatchSampler) -> DataLoader:
         # Its own generator: a DataLoader otherwise draws its workers' base seed from the
         # global RNG each time it is iterated, and a run resumed at an epoch boundary
@@ -123,7 +124,7 @@ class NMTDataModule(L.LightningDataModule):
         assert self.prepared is not None
         return split in self.prepared.datasets
 
-    def dataset(self, split: str) -> ParallelDataset | CaptionDataset:
+    def dataset(self, split: str) -> ParallelDataset | MixedDataset | CaptionDataset:
         if self.prepared is None:
             self.setup()
         assert self.prepared is not None
@@ -131,14 +132,17 @@ class NMTDataModule(L.LightningDataModule):
             raise ConfigError(f"data: no {split} split configured")
         return self.prepared.datasets[split]
 
-    def train_dataset(self) -> ParallelDataset | CaptionDataset | SampledDataset:
+    def train_dataset(self) -> ParallelDataset | MixedDataset | CaptionDataset | SampledDataset:
         """The training examples; with ``tokenizer.sampling``, segmented anew every epoch
         (nmt.data.subword_sampling)."""
         ds = self.dataset("train")
         if not self.tokenizer_cfg.sampling.enabled:
             return ds
         if self._sampled is None:
-            assert self.prepared is not None and isinstance(ds, ParallelDataset)
+            assert self.prepared is not None
+            if not isinstance(ds, ParallelDataset):
+                raise ConfigError("tokenizer.sampling: one training corpus only, not a list of "
+                                  "them; set tokenizer.sampling.enabled=false")
             self._sampled = SampledDataset(ds, self.prepared.files["train"],
                                            self.prepared.src_tokenizer,
                                            self.prepared.tgt_tokenizer,
@@ -151,7 +155,8 @@ class NMTDataModule(L.LightningDataModule):
         sampler = TokenBatchSampler(
             ds.src_lengths + 1, ds.tgt_lengths + 1, self.max_tokens, shuffle=True,
             seed=self.seed, num_replicas=world, rank=rank,
-            epoch_lengths=ds.row_lengths if isinstance(ds, SampledDataset) else None)
+            epoch_lengths=ds.row_lengths if isinstance(ds, SampledDataset) else None,
+            epoch_examples=ds.epoch_examples if isinstance(ds, MixedDataset) else None)
         if self._resume_state is not None:
             sampler.load_state_dict(self._resume_state)
             self._resume_state = None

@@ -7,8 +7,8 @@ One split is stored in a directory of its own:
     lines.npy                   original line number of each kept example
     meta.json                   counts, dtype, cleaning report
 
-The directory is written under a temporary name and renamed when complete, so an
-interrupted run never leaves a half-written cache behind.
+nmt/data/encode.py writes it (under a temporary name, renamed when complete, so an
+interrupted run never leaves a half-written cache behind).
 """
 
 from __future__ import annotations
@@ -16,25 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import time
-from dataclasses import dataclass
-from itertools import chain, islice
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID
-from nmt.data.corpus import CleanConfig, CleanReport, ParallelFiles, read_parallel
-from nmt.data.tokenizer import Tokenizer
+from nmt.data.filters import CleanReport
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CHUNK_LINES = 200_000
 
 
 class Batch(NamedTuple):
@@ -48,12 +42,6 @@ class Batch(NamedTuple):
     # (N,) the source row of each target row when a source has several targets (an image
     # and its captions: the encoder runs once per image); None: row i is source i.
     src_index: torch.Tensor | None = None
-
-
-@dataclass
-class EncodeStats:
-    sentences: int
-    seconds: float
 
 
 class OffsetItems(Dataset):
@@ -80,8 +68,9 @@ class ParallelDataset(OffsetItems):
         self.directory = Path(directory)
         self.meta = json.loads((self.directory / "meta.json").read_text())
         dtype = np.dtype(self.meta["dtype"])
-        self.src_offsets = np.load(self.directory / "src.offsets.npy")
-        self.tgt_offsets = np.load(self.directory / "tgt.offsets.npy")
+        # Memory-mapped, as the ids: the processes of one machine share one copy.
+        self.src_offsets = np.load(self.directory / "src.offsets.npy", mmap_mode="r")
+        self.tgt_offsets = np.load(self.directory / "tgt.offsets.npy", mmap_mode="r")
         self.src_ids = _memmap(self.directory / "src.ids", dtype)
         self.tgt_ids = _memmap(self.directory / "tgt.ids", dtype)
         self.src_lengths = np.diff(self.src_offsets)
@@ -97,7 +86,7 @@ class ParallelDataset(OffsetItems):
 
     @property
     def clean_report(self) -> CleanReport:
-        return CleanReport(**{k: v for k, v in self.meta["clean"].items() if k != "dropped"})
+        return CleanReport.from_dict(self.meta["clean"])
 
 
 def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -124,77 +113,3 @@ def collate(examples: list[tuple[int, np.ndarray, np.ndarray]]) -> Batch:
     indices = np.fromiter((i for i, _, _ in examples), dtype=np.int64, count=n)
     return Batch(torch.from_numpy(src), torch.from_numpy(src_len), torch.from_numpy(tgt_in),
                  torch.from_numpy(tgt_out), torch.from_numpy(indices))
-
-
-def encode_split(files: ParallelFiles, src_tok: Tokenizer, tgt_tok: Tokenizer,
-                 out_dir: str | os.PathLike, clean: CleanConfig | None = None,
-                 chunk_lines: int = CHUNK_LINES) -> EncodeStats:
-    """Encode both sides of a split into ``out_dir``; with ``clean``, filter pairs.
-
-    Streams the files in chunks of ``chunk_lines`` pairs, so memory holds one chunk
-    of text at a time.
-    """
-    out_dir = Path(out_dir)
-    vocab = max(src_tok.vocab_size, tgt_tok.vocab_size)
-    dtype = np.dtype(np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32)
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    report = CleanReport()
-    src_lens: list[np.ndarray] = []
-    tgt_lens: list[np.ndarray] = []
-    kept_lines: list[np.ndarray] = []
-    start = time.perf_counter()
-    try:
-        with open(tmp / "src.ids", "wb") as src_out, open(tmp / "tgt.ids", "wb") as tgt_out:
-            pairs = read_parallel(files.src, files.tgt)
-            line = 0
-            while True:
-                chunk = list(islice(pairs, chunk_lines))
-                if not chunk:
-                    break
-                src_ids = src_tok.encode([s for s, _ in chunk])
-                tgt_ids = tgt_tok.encode([t for _, t in chunk])
-                idx = _kept(src_ids, tgt_ids, clean, report)
-                kept_lines.append(idx + line + 1)
-                line += len(chunk)
-                for ids, out, lens in ((src_ids, src_out, src_lens), (tgt_ids, tgt_out, tgt_lens)):
-                    lens.append(_write_ids([ids[k] for k in idx], out, dtype))
-        report.kept = report.total - report.dropped
-        for side, lens in (("src", src_lens), ("tgt", tgt_lens)):
-            offsets = np.zeros(report.kept + 1, dtype=np.int64)
-            np.cumsum(np.concatenate(lens), out=offsets[1:])
-            np.save(tmp / f"{side}.offsets.npy", offsets)
-        np.save(tmp / "lines.npy", np.concatenate(kept_lines).astype(np.int64))
-        meta = {"format": FORMAT_VERSION, "dtype": dtype.name, "examples": report.kept,
-                "src": str(files.src), "tgt": str(files.tgt), "clean": report.to_dict(),
-                "src_tokenizer": src_tok.digest, "tgt_tokenizer": tgt_tok.digest}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return EncodeStats(report.total, time.perf_counter() - start)
-
-
-def _kept(src_ids: list[list[int]], tgt_ids: list[list[int]], clean: CleanConfig | None,
-          report: CleanReport) -> np.ndarray:
-    """Positions in the chunk of the pairs ``clean`` keeps (all without it), ascending;
-    counts the chunk's pairs and the dropped ones, by reason, in ``report``."""
-    keep = np.ones(len(src_ids), dtype=bool)
-    if clean is not None:
-        for k, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)):
-            why = clean.reason(len(s), len(t))
-            if why is not None:
-                keep[k] = False
-                setattr(report, why, getattr(report, why) + 1)
-    report.total += len(src_ids)
-    return np.flatnonzero(keep)
-
-
-def _write_ids(kept: list[list[int]], out: BinaryIO, dtype: np.dtype) -> np.ndarray:
-    """Append the sequences' ids to ``out``, concatenated; return their lengths (int64)."""
-    lengths = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept))
-    flat = np.fromiter(chain.from_iterable(kept), dtype=dtype, count=int(lengths.sum()))
-    out.write(flat.tobytes())
-    return lengths

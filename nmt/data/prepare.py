@@ -5,8 +5,10 @@
     <root>/<corpus>/                    downloaded catalog files
     <root>/<name>/spm/<key>/            SentencePiece model(s), key = train data + settings
     <root>/<name>/encoded/<key>/<split> encoded ids, key = split data + tokenizers + cleaning
+                                        (train: also its co-occurrence counts)
 
-Later calls find everything in the cache and only memory-map the encoded ids.
+Later calls find everything in the cache and only memory-map the encoded ids. Every
+training corpus of a list (nmt/data/mixing.py) has a cache of its own.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ import numpy as np
 
 from nmt.core.errors import ConfigError, DataError
 from nmt.data.catalog import fetch_split
-from nmt.data.corpus import CleanConfig, ParallelFiles, read_lines, read_parallel
-from nmt.data.dataset import FORMAT_VERSION, ParallelDataset, encode_split
+from nmt.data.cooccurrence import FILE as COUNTS_FILE
+from nmt.data.cooccurrence import Counts, count_split
+from nmt.data.corpus import ParallelFiles, read_lines, read_parallel
+from nmt.data.dataset import FORMAT_VERSION, ParallelDataset
+from nmt.data.encode import all_cores, encode_split
+from nmt.data.filters import CleanConfig, check_languages
+from nmt.data.mixing import CorpusSpec, MixedDataset, line_count, shares, weighted_sample
 from nmt.data.sampler import TokenBatchSampler
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train
 
@@ -46,7 +53,8 @@ class DataConfig:
 
     Either ``corpus`` names a catalog corpus and ``splits`` maps train/valid/test to
     its split names, or ``corpus`` is None and ``files`` maps them to
-    ``{src: path, tgt: path}``.
+    ``{src: path, tgt: path}`` (train: or a list of corpora, nmt/data/mixing.py).
+    ``workers`` processes encode the data (None: all cores).
     """
 
     name: str
@@ -58,12 +66,14 @@ class DataConfig:
     root: str = "data"
     local_dir: str | None = None
     clean: dict[str, Any] = field(default_factory=dict)
+    workers: int | None = None
+    temperature: float | None = None  # several training corpora: p ~ (n / N) ** (1 / T)
 
     def clean_config(self) -> CleanConfig:
         return from_dict(CleanConfig, self.clean, "data.clean")
 
     def resolve(self) -> dict[str, ParallelFiles]:
-        """Local, verified paths of every configured split."""
+        """Local, verified paths of every configured split (train: its first corpus)."""
         if self.corpus is not None:
             return {
                 split: fetch_split(self.corpus, name, self.src_lang, self.tgt_lang,
@@ -72,15 +82,25 @@ class DataConfig:
             }
         resolved = {}
         for split, sides in self.files.items():
-            if sides is None or sides.get("src") is None:
+            if sides is None or (isinstance(sides, Mapping) and sides.get("src") is None):
                 continue
-            for side in ("src", "tgt"):
-                if sides.get(side) in (None, "", "???"):
-                    raise ConfigError(f"data.files.{split}.{side} is not set")
-                if not Path(sides[side]).is_file():
-                    raise DataError(f"{sides[side]}: file not found (data.files.{split}.{side})")
-            resolved[split] = ParallelFiles(Path(sides["src"]), Path(sides["tgt"]))
+            if split == "train":
+                resolved[split] = self.training_corpora()[0][1]
+                continue
+            resolved[split] = _checked(sides, f"data.files.{split}")
         return resolved
+
+    def training_corpora(self) -> list[tuple[CorpusSpec, ParallelFiles]]:
+        """Every training corpus with its verified paths (a catalog corpus: one)."""
+        if self.corpus is not None:
+            files = self.resolve()["train"]
+            return [(CorpusSpec("train", str(files.src), str(files.tgt)), files)]
+        specs = CorpusSpec.parse(self.files.get("train"))
+        where = "data.files.train" if len(specs) == 1 and not isinstance(
+            self.files.get("train"), list | tuple) else None
+        return [(spec, _checked({"src": spec.src, "tgt": spec.tgt},
+                                where or f"data.files.train[{k}]"))
+                for k, spec in enumerate(specs)]
 
     def check(self) -> None:
         """Fail fast on a config that cannot work, before any data is touched."""
@@ -94,7 +114,20 @@ class DataConfig:
             raise ConfigError(
                 f"data: unknown split(s) {sorted(unknown)}; valid splits: {', '.join(SPLITS)}"
             )
-        self.clean_config()  # raises on unknown keys or bad values
+        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
+            raise ConfigError(f"data.workers must be a positive number of processes or null "
+                              f"(all cores), got {self.workers!r}")
+        if self.clean_config().langid:  # raises on unknown keys or bad values
+            check_languages(self.src_lang, self.tgt_lang)
+
+
+def _checked(sides: Mapping[str, Any], where: str) -> ParallelFiles:
+    for side in ("src", "tgt"):
+        if sides.get(side) in (None, "", "???"):
+            raise ConfigError(f"{where}.{side} is not set")
+        if not Path(sides[side]).is_file():
+            raise DataError(f"{sides[side]}: file not found ({where}.{side})")
+    return ParallelFiles(Path(sides["src"]), Path(sides["tgt"]))
 
 
 def from_dict(cls: type[DataclassT], values: Mapping[str, Any] | None, where: str) -> DataclassT:
@@ -112,15 +145,29 @@ def from_dict(cls: type[DataclassT], values: Mapping[str, Any] | None, where: st
 
 @dataclass
 class PreparedData:
-    """Everything ``prepare`` produced: tokenizers, encoded splits and their sources."""
+    """Everything ``prepare`` produced: tokenizers, encoded splits and their sources.
+
+    ``datasets["train"]`` is the training corpus, or all of them as one MixedDataset;
+    ``corpora`` names each corpus's own dataset, ``shares`` its share of an epoch.
+    """
 
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
     joint: bool
     files: dict[str, ParallelFiles]
-    datasets: dict[str, ParallelDataset]
+    datasets: dict[str, ParallelDataset | MixedDataset]
     timings: dict[str, float]
     encoded_sentences: int = 0  # sentences encoded by this call (0 when all was cached)
+    corpora: list[tuple[str, ParallelDataset]] = field(default_factory=list)
+    shares: list[float] = field(default_factory=list)
+    cooccurrence: dict[str, float] = field(default_factory=dict)  # what counting cost
+
+    def counts(self) -> Counts:
+        """The training corpora's co-occurrence counts (nmt/data/cooccurrence.py), summed."""
+        total = Counts.empty(self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size)
+        for _, ds in self.corpora:
+            total = total.add(Counts.load(ds.directory / COUNTS_FILE))
+        return total
 
 
 def _key(*parts: Any) -> str:
@@ -128,49 +175,99 @@ def _key(*parts: Any) -> str:
 
 
 def prepare(data_cfg: DataConfig | Mapping[str, Any],
-            tokenizer_cfg: TokenizerConfig | Mapping[str, Any]) -> PreparedData:
-    """Fetch, train tokenizers and encode every split, using the cache where it can."""
+            tokenizer_cfg: TokenizerConfig | Mapping[str, Any], seed: int = 1) -> PreparedData:
+    """Fetch, train tokenizers and encode every split, using the cache where it can;
+    ``seed`` draws the mix of several training corpora."""
     if not isinstance(data_cfg, DataConfig):
         data_cfg = from_dict(DataConfig, data_cfg, "data")
     if not isinstance(tokenizer_cfg, TokenizerConfig):
         tokenizer_cfg = from_dict(TokenizerConfig, tokenizer_cfg, "tokenizer")
     data_cfg.check()
-    clean = data_cfg.clean_config()
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
     files = data_cfg.resolve()
     if "train" not in files:
         raise ConfigError("data: no training split configured")
+    corpora = data_cfg.training_corpora()
     timings["fetch_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    train = files["train"]
-    base = Path(data_cfg.root) / data_cfg.name
-    spm_dir = base / "spm" / tokenizer_cfg.key(train.fingerprint())
-    if tokenizer_cfg.joint:
-        src_tok = tgt_tok = load_or_train(spm_dir, "joint", _both_sides(train), tokenizer_cfg)
-    else:
-        src_tok = load_or_train(spm_dir, "src", read_lines(train.src), tokenizer_cfg)
-        tgt_tok = load_or_train(spm_dir, "tgt", read_lines(train.tgt), tokenizer_cfg)
+    src_tok, tgt_tok = _tokenizers(data_cfg, tokenizer_cfg, corpora)
     timings["tokenizer_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    workers = data_cfg.workers or all_cores()
+    splits = [(f"train:{spec.name}", "train", pf) for spec, pf in corpora]
+    splits += [(split, split, pf) for split, pf in files.items() if split != "train"]
     datasets, encoded = {}, 0
-    for split, pf in files.items():
-        split_clean = clean if split == "train" else None  # dev/test are never filtered
+    for name, split, pf in splits:
+        clean = data_cfg.clean_config() if split == "train" else None  # dev/test: never
         key = _key(FORMAT_VERSION, pf.fingerprint(), src_tok.digest, tgt_tok.digest,
-                   dataclasses.asdict(split_clean) if split_clean else None)
-        out = base / "encoded" / key / split
+                   dataclasses.asdict(clean) if clean else None)
+        out = Path(data_cfg.root) / data_cfg.name / "encoded" / key / split
         if not (out / "meta.json").is_file():
-            log.info("encoding %s split of %s", split, data_cfg.name)
-            stats = encode_split(pf, src_tok, tgt_tok, out, clean=split_clean)
-            encoded += stats.sentences
-        datasets[split] = ParallelDataset(out)
-        if split == "train":
-            log.info("cleaning %s: %s", data_cfg.name, datasets[split].clean_report)
+            log.info("encoding %s of %s", name, data_cfg.name)
+            encoded += encode_split(pf, src_tok, tgt_tok, out, clean, workers,
+                                    (data_cfg.src_lang, data_cfg.tgt_lang)).sentences
+        datasets[name] = ParallelDataset(out)
+        if clean is not None:
+            log.info("cleaning %s: %s", name, datasets[name].clean_report)
     timings["encode_s"] = time.perf_counter() - t0
-    return PreparedData(src_tok, tgt_tok, tokenizer_cfg.joint, files, datasets, timings, encoded)
+    prepared = PreparedData(src_tok, tgt_tok, tokenizer_cfg.joint, files, datasets, timings,
+                            encoded)
+    _training_corpora(prepared, corpora, data_cfg.temperature, seed, workers)
+    return prepared
+
+
+def _tokenizers(data_cfg: DataConfig, cfg: TokenizerConfig,
+                corpora: list[tuple[CorpusSpec, ParallelFiles]]) -> tuple[Tokenizer, Tokenizer]:
+    """The tokenizers, trained on the training corpus (several: on a sample drawn from
+    them by weight; the cache key names the corpora, not the weights, so a new weight
+    keeps the tokenizer and the encoded data)."""
+    spm_dir = (Path(data_cfg.root) / data_cfg.name / "spm"
+               / cfg.key("+".join(pf.fingerprint() for _, pf in corpora)))
+
+    def lines(sides: tuple[int, ...]) -> Iterator[str]:
+        if len(corpora) == 1:
+            pf = corpora[0][1]
+            return _both_sides(pf) if len(sides) == 2 else read_lines((pf.src, pf.tgt)[sides[0]])
+        p = shares([line_count(pf.src) for _, pf in corpora],
+                   [spec.weight for spec, _ in corpora], data_cfg.temperature)
+        size = cfg.input_sentence_size or sum(line_count(pf.src) for _, pf in corpora)
+        return weighted_sample([(pf.src, pf.tgt) for _, pf in corpora], p, size, cfg.seed,
+                               sides)
+
+    if cfg.joint:
+        tok = load_or_train(spm_dir, "joint", lines((0, 1)), cfg)
+        return tok, tok
+    return (load_or_train(spm_dir, "src", lines((0,)), cfg),
+            load_or_train(spm_dir, "tgt", lines((1,)), cfg))
+
+
+def _training_corpora(prepared: PreparedData, corpora: list[tuple[CorpusSpec, ParallelFiles]],
+                      temperature: float | None, seed: int, workers: int) -> None:
+    """Count each training corpus's co-occurrences (cached); mix several into one dataset."""
+    t0 = time.perf_counter()
+    named = []
+    for spec, _ in corpora:
+        ds = prepared.datasets.pop(f"train:{spec.name}")
+        assert isinstance(ds, ParallelDataset)
+        named.append((spec.name, ds))
+    vocab = (prepared.src_tokenizer.vocab_size, prepared.tgt_tokenizer.vocab_size)
+    seconds = peak = 0.0
+    for _, ds in named:
+        _, cost = count_split(ds.directory, *vocab, workers=workers)
+        seconds, peak = seconds + cost["seconds"], max(peak, cost["peak_rss_gb"])
+    prepared.cooccurrence = {"seconds": seconds, "peak_rss_gb": peak}
+    prepared.timings["cooccurrence_s"] = time.perf_counter() - t0
+    prepared.corpora = named
+    p = shares([len(ds) for _, ds in named], [spec.weight for spec, _ in corpora], temperature)
+    prepared.shares = p.tolist()
+    prepared.datasets["train"] = (named[0][1] if len(named) == 1 else
+                                  MixedDataset(named, p, seed))  # type: ignore[arg-type]
+    # The splits in their usual order: train, valid, test.
+    prepared.datasets = {k: prepared.datasets[k] for k in SPLITS if k in prepared.datasets}
 
 
 def _both_sides(files: ParallelFiles) -> Iterator[str]:

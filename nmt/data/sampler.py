@@ -12,6 +12,8 @@ epoch and every rank runs the same number of steps.
 
 With ``epoch_lengths`` the lengths change from epoch to epoch (subword sampling
 segments the training sentences anew): each epoch is packed by its own lengths.
+With ``epoch_examples`` an epoch is the examples it returns, some possibly repeated,
+instead of every example once (several corpora mixed by weight: nmt/data/mixing.py).
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ class TokenBatchSampler(Sampler[list[int]]):
     def __init__(self, src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int,
                  shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
                  max_sentences: int | None = None,
-                 epoch_lengths: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
-                 ) -> None:
+                 epoch_lengths: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+                 epoch_examples: Callable[[int], np.ndarray] | None = None) -> None:
         if max_tokens <= 0:
             raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
         if not 0 <= rank < num_replicas:
@@ -58,6 +60,7 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.max_tokens = max_tokens
         self.max_sentences = max_sentences
         self.epoch_lengths = epoch_lengths
+        self.epoch_examples = epoch_examples
         self.shuffle = shuffle
         self.seed = seed
         self.num_replicas = num_replicas
@@ -81,7 +84,11 @@ class TokenBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.src_lengths)
         # Sort by (src, tgt) length; a random permutation first breaks ties randomly.
-        perm = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.epoch_examples is not None:  # several corpora, mixed (nmt.data.mixing)
+            examples = self.epoch_examples(epoch)
+            perm = examples[rng.permutation(len(examples))] if self.shuffle else examples
+        else:
+            perm = rng.permutation(n) if self.shuffle else np.arange(n)
         order = perm[np.lexsort((self.tgt_lengths[perm], self.src_lengths[perm]))]
         batches = self._pack(order)
         while len(batches) % self.num_replicas:

@@ -1,8 +1,10 @@
 """A lexical shortlist for CPU decoding: the output layer scores only the target pieces
 likely for a batch, not the whole vocabulary.
 
-The table is built from the training corpus (``build``, at training time: every
-checkpoint carries it as ``checkpoint["shortlist"]``): for every source piece, the
+The table is made of the training corpus's co-occurrence counts (nmt/data/
+cooccurrence.py: counted during preparation, cached with the encoded data), at the
+start of training (``from_counts``: every checkpoint carries it as
+``checkpoint["shortlist"]``): for every source piece, the
 ``per_source`` target pieces most associated with it, by the Dice coefficient of the
 sentence pairs they occur in, 2 c(s, t) / (c(s) + c(t)) (ties: more pairs first); and
 the ``frequent`` most frequent target pieces (punctuation, articles, endings), which
@@ -21,7 +23,6 @@ adds a table to a checkpoint trained without one.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -30,13 +31,12 @@ import torch
 
 from nmt.core.errors import CheckpointError, ConfigError
 from nmt.core.tokens import EOS_ID, PAD_ID
+from nmt.data.cooccurrence import Counts, count
 from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.ensemble import Ensemble
 from nmt.decoding.search import NEG_INF, Hypothesis
 
 SPECIALS = EOS_ID + 1  # ids 0..EOS_ID: PAD, UNK, BOS, EOS
-CHUNK = 2_000_000  # (source piece, target piece) pairs counted at a time: about 150 MB
-NONE = np.empty(0, dtype=np.int64)  # lets an empty chunk concatenate
 
 
 @dataclass(frozen=True)
@@ -100,24 +100,27 @@ def build(src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray]
           ) -> Shortlist:
     """The table of a corpus: ``src`` and ``tgt`` are (ids, offsets) of its encoded
     sentences (sentence i: ids[offsets[i]:offsets[i + 1]], without BOS and EOS)."""
+    n = len(src[1]) - 1
+    if n != len(tgt[1]) - 1:
+        raise ConfigError(f"shortlist: {n} source but {len(tgt[1]) - 1} target sentences")
+    _check(per_source, frequent)
+    return from_counts(count(src, tgt, src_vocab, tgt_vocab), per_source, frequent)
+
+
+def _check(per_source: Any, frequent: Any) -> None:
     if not isinstance(per_source, int) or isinstance(per_source, bool) or per_source < 1:
         raise ConfigError(f"shortlist.per_source must be a positive integer, got {per_source!r}")
     if not isinstance(frequent, int) or isinstance(frequent, bool) or frequent < 0:
         raise ConfigError(f"shortlist.frequent must be an integer >= 0, got {frequent!r}")
-    n = len(src[1]) - 1
-    if n != len(tgt[1]) - 1:
-        raise ConfigError(f"shortlist: {n} source but {len(tgt[1]) - 1} target sentences")
-    codes, pairs = NONE, NONE  # sorted distinct (source, target) codes, their pair counts
-    c_src = np.zeros(src_vocab, dtype=np.int64)
-    c_tgt = np.zeros(tgt_vocab, dtype=np.int64)
-    for start, end in _chunks(src[1], tgt[1]):  # bounded memory at any corpus size
-        src_sets = _sentence_sets(src[0], src[1][start:end + 1])
-        tgt_sets = _sentence_sets(tgt[0], tgt[1][start:end + 1])
-        codes, pairs = _merge_counts(codes, pairs, *_pair_codes(src_sets, tgt_sets, tgt_vocab))
-        c_src += np.bincount(np.concatenate([*src_sets, NONE]), minlength=src_vocab)
-        c_tgt += np.bincount(np.concatenate([*tgt_sets, NONE]), minlength=tgt_vocab)
+
+
+def from_counts(counts: Counts, per_source: int = 20, frequent: int = 100) -> Shortlist:
+    """The table of a corpus's co-occurrence counts (nmt/data/cooccurrence.py)."""
+    _check(per_source, frequent)
+    src_vocab, tgt_vocab = len(counts.src), len(counts.tgt)
+    codes, pairs = counts.codes, counts.pairs
     s_of, t_of = codes // tgt_vocab, codes % tgt_vocab
-    dice = 2 * pairs / (c_src[s_of] + c_tgt[t_of])
+    dice = 2 * pairs / (counts.src[s_of] + counts.tgt[t_of])
     # By source piece, then best first: the first per_source of each source piece.
     order = np.lexsort((-pairs, -dice, s_of))
     s_sorted = s_of[order]
@@ -126,57 +129,12 @@ def build(src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray]
     keep = order[rank < per_source]
     table = np.full((src_vocab, per_source), -1, dtype=np.int64)
     table[s_of[keep], rank[rank < per_source]] = t_of[keep]
-    counts = c_tgt.copy()  # sentences a target piece occurs in
-    counts[:SPECIALS] = 0
-    common = np.argsort(-counts, kind="stable")[:frequent]
-    kept = np.union1d(np.arange(SPECIALS), common[counts[common] > 0])
+    sentences = counts.tgt.copy()  # sentences a target piece occurs in
+    sentences[:SPECIALS] = 0
+    common = np.argsort(-sentences, kind="stable")[:frequent]
+    kept = np.union1d(np.arange(SPECIALS), common[sentences[common] > 0])
     return Shortlist(torch.from_numpy(table), torch.from_numpy(kept.astype(np.int64)),
                      tgt_vocab)
-
-
-def _chunks(src_offsets: np.ndarray, tgt_offsets: np.ndarray) -> list[tuple[int, int]]:
-    """Spans of sentence pairs of at most CHUNK piece pairs each (a longer pair alone)."""
-    src_offsets, tgt_offsets = np.asarray(src_offsets), np.asarray(tgt_offsets)
-    products = np.diff(src_offsets).astype(np.int64) * np.diff(tgt_offsets)
-    total = np.cumsum(products)
-    ends = np.searchsorted(total, np.arange(CHUNK, int(total[-1]) if len(total) else 0,
-                                            CHUNK), side="right")
-    bounds = np.unique(np.concatenate([[0], np.maximum(ends, 1), [len(products)]]))
-    return list(itertools.pairwise(bounds.tolist()))
-
-
-def _pair_codes(src_sets: list[np.ndarray], tgt_sets: list[np.ndarray], tgt_vocab: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Every (source piece, target piece) pair of the sentence pairs, as one code
-    ``s * tgt_vocab + t``: the distinct codes, sorted, and the sentence pairs of each."""
-    n_src = np.array([len(s) for s in src_sets], dtype=np.int64)
-    n_tgt = np.array([len(t) for t in tgt_sets], dtype=np.int64)
-    s_flat = np.repeat(np.concatenate([*src_sets, NONE]), np.repeat(n_tgt, n_src))
-    t_flat = np.concatenate([*(np.tile(t, len(s)) for s, t in zip(src_sets, tgt_sets,
-                                                                   strict=True)), NONE])
-    return np.unique(s_flat * tgt_vocab + t_flat, return_counts=True)
-
-
-def _merge_counts(codes: np.ndarray, counts: np.ndarray, more: np.ndarray,
-                  more_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two sorted, distinct code arrays with counts, merged (in linear time): the codes
-    of both, sorted and distinct, with their counts added."""
-    at = np.searchsorted(codes, more)
-    seen = at < len(codes)
-    seen[seen] = codes[at[seen]] == more[seen]
-    counts = counts.copy()
-    counts[at[seen]] += more_counts[seen]
-    new = ~seen
-    return np.insert(codes, at[new], more[new]), np.insert(counts, at[new], more_counts[new])
-
-
-def _sentence_sets(ids: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-    """Each sentence's distinct ids, for the sentences ``offsets`` delimits (of any span
-    of the corpus: only that span of ``ids`` is read)."""
-    first = int(offsets[0])
-    span = np.asarray(ids[first:int(offsets[-1])], dtype=np.int64)
-    return [np.unique(span[a - first:b - first])
-            for a, b in itertools.pairwise(offsets.tolist())]
 
 
 class Columns(NamedTuple):

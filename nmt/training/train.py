@@ -32,9 +32,8 @@ from nmt.core.errors import CheckpointError, ConfigError
 from nmt.core.metrics import MONITORS, caption_scores, signatures
 from nmt.data.captioning import ImageSettings
 from nmt.data.datamodule import CaptionDataModule, NMTDataModule
-from nmt.data.dataset import ParallelDataset
 from nmt.decoding.checkpoints import BEST, LAST, RECENT, load_checkpoint
-from nmt.decoding.shortlist import build as build_shortlist
+from nmt.decoding.shortlist import from_counts as shortlist_table
 from nmt.model.image_encoder import ImageEncoder
 from nmt.training.allocator import keep_freed_memory
 from nmt.training.callbacks import PreciseBatchNorm, Throughput, TimedSchedule
@@ -181,13 +180,9 @@ def build_translation(cfg: DictConfig) -> tuple[NMTDataModule, TranslationModule
     module = make_module(cfg, prepared.src_tokenizer.vocab_size,
                          prepared.tgt_tokenizer.vocab_size, references=dm.references)
     module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
-    if cfg.shortlist.enabled:  # the table decoding.shortlist uses (seconds to build)
-        pairs = dm.dataset("train")
-        assert isinstance(pairs, ParallelDataset)
-        module.shortlist = build_shortlist(
-            (pairs.src_ids, pairs.src_offsets), (pairs.tgt_ids, pairs.tgt_offsets),
-            prepared.src_tokenizer.vocab_size, prepared.tgt_tokenizer.vocab_size,
-            cfg.shortlist.per_source, cfg.shortlist.frequent).state()
+    if cfg.shortlist.enabled:  # decoding.shortlist's table, of the counts prepare cached
+        module.shortlist = shortlist_table(prepared.counts(), cfg.shortlist.per_source,
+                                           cfg.shortlist.frequent).state()
     return dm, module
 
 
