@@ -222,8 +222,13 @@ def encode_split(files: ParallelFiles, src_tok: Tokenizer, tgt_tok: Tokenizer,
         writer.finish({"format": FORMAT_VERSION, "dtype": dtype.name, "examples": report.kept,
                        "src": str(files.src), "tgt": str(files.tgt), "clean": report.to_dict(),
                        "src_tokenizer": src_tok.digest, "tgt_tokenizer": tgt_tok.digest})
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        if out_dir.is_dir() and not (out_dir / "meta.json").is_file():
+            shutil.rmtree(out_dir, ignore_errors=True)  # a stale, unfinished split
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process (rank, node) encoded the same split first
+            if not (out_dir / "meta.json").is_file():
+                raise
     finally:
         writer.close()
         shutil.rmtree(tmp, ignore_errors=True)

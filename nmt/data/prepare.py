@@ -14,11 +14,13 @@ training corpus of a list (nmt/data/mixing.py) has a cache of its own.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -183,6 +185,24 @@ def prepare(data_cfg: DataConfig | Mapping[str, Any],
     if not isinstance(tokenizer_cfg, TokenizerConfig):
         tokenizer_cfg = from_dict(TokenizerConfig, tokenizer_cfg, "tokenizer")
     data_cfg.check()
+    with _exclusive(Path(data_cfg.root) / data_cfg.name):
+        return _prepare(data_cfg, tokenizer_cfg, seed)
+
+
+@contextmanager
+def _exclusive(base: Path) -> Iterator[None]:
+    """One preparation of a data set at a time on a machine (torchrun starts every rank
+    at once): the others wait for it, then find everything cached."""
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".prepare.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(data_cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int) -> PreparedData:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()

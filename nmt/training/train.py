@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +121,8 @@ def prepare_run_dir(run_dir: Path, config_yaml: str) -> None:
     """Create the run directory and write config.yaml: an unwritable place fails here."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".config.yaml.tmp"
+        # Under torchrun every rank writes it at once: one temporary file each.
+        tmp = run_dir / f".config.yaml.{socket.gethostname()}.{os.getpid()}.tmp"
         tmp.write_text(config_yaml)
         tmp.replace(run_dir / "config.yaml")
     except OSError as e:
