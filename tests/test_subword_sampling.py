@@ -19,7 +19,8 @@ from conftest import TOY_TOKENIZER, files_config, toy_pairs
 from torch.utils.data import DataLoader
 from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides
 
-from nmt.core.errors import ConfigError, TokenizerError
+from nmt.core.errors import ConfigError, DataError, TokenizerError
+from nmt.data import subword_sampling
 from nmt.data.datamodule import CaptionDataModule, NMTDataModule
 from nmt.data.dataset import ParallelDataset, collate
 from nmt.data.sampler import TokenBatchSampler
@@ -243,6 +244,12 @@ def test_bad_options_are_one_line_errors(options, match):
     with pytest.raises(TokenizerError, match=match) as error:
         TokenizerConfig(model_type=options.get("model", "unigram"), sampling=sampling)
     assert "\n" not in str(error.value)
+
+
+def test_a_corpus_too_big_to_sample_is_refused_at_start(toy_prepared, monkeypatch):
+    monkeypatch.setattr(subword_sampling, "MAX_PAIRS", 100)
+    with pytest.raises(DataError, match=r"600 training pairs; subword sampling holds the text"):
+        sampled(toy_prepared)
 
 
 def test_bad_options_fail_at_composition_and_captioning_refuses():

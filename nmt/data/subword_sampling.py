@@ -46,6 +46,10 @@ UNK_PENALTY = 10.0  # SentencePiece scores an unknown character min_score - 10
 # Words whose sampling tables are kept, about 3 KB each (Multi30k en-de has 39k words):
 # the frequent words of a larger corpus; the others are computed again when drawn.
 WORD_CACHE = 100_000
+# Pairs held as text and segmented in Python every epoch: about 70 us a pair (2.1 s an
+# epoch for Multi30k's 29k on a 2-core AMD EPYC, 2026-12-07), so 2 M pairs take minutes
+# an epoch and about 1 GB; larger corpora are refused at start.
+MAX_PAIRS = 2_000_000
 
 # One word's sampling tables: for each end position, the begin positions and ids of the
 # pieces ending there, and their cumulative weights as the last piece of a path to there.
@@ -195,6 +199,11 @@ class SampledDataset(OffsetItems):
     def __init__(self, base: ParallelDataset, files: ParallelFiles, src_tok: Tokenizer,
                  tgt_tok: Tokenizer, sampling: SamplingConfig, seed: int) -> None:
         assert sampling.enabled
+        if len(base) > MAX_PAIRS:
+            raise DataError(f"tokenizer.sampling: {len(base):,} training pairs; subword sampling "
+                            f"holds the text and segments it in Python every epoch, at most "
+                            f"{MAX_PAIRS:,} pairs (minutes an epoch): set "
+                            f"tokenizer.sampling.enabled=false")
         self.base = base
         self.sampling = sampling
         self.seed = seed

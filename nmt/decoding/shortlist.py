@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -259,11 +260,15 @@ def _transposed(rows: tuple[torch.Tensor, torch.Tensor | None]
 
 def run(cfg: Any) -> dict[str, Any]:
     """``python -m nmt.cli shortlist`` (conf/shortlist.yaml): build the table of a
-    checkpoint from its training corpus, with its own tokenizers, and write the
-    checkpoint with it (atomically; ``output`` null: in place)."""
+    checkpoint from its training corpora, encoded with its own tokenizers and filtered
+    as in preparation, and write the checkpoint with it (atomically; ``output`` null:
+    in place)."""
+    import tempfile
+
     from omegaconf import OmegaConf
 
-    from nmt.data.corpus import read_lines
+    from nmt.data.cooccurrence import count_split
+    from nmt.data.encode import all_cores, encode_split
     from nmt.data.prepare import DataConfig, from_dict
     from nmt.decoding.checkpoints import atomic_torch_save, load_checkpoint
 
@@ -275,19 +280,25 @@ def run(cfg: Any) -> dict[str, Any]:
     assert isinstance(values, dict)
     data = from_dict(DataConfig, {str(k): v for k, v in values.items()}, "data")
     data.check()
+    if data.files.get("train") is None and data.splits.get("train") is None:
+        raise ConfigError("data: no train split configured")
     train_only = dataclasses.replace(  # the other splits need not exist
         data, splits={"train": data.splits.get("train")},
         files={"train": data.files.get("train")})
-    files = train_only.resolve().get("train")
-    if files is None:
-        raise ConfigError("data: no train split configured")
     src, tgt = (Tokenizer(ckpt["tokenizers"][side]) for side in ("src", "tgt"))
-    sources, targets = list(read_lines(files.src)), list(read_lines(files.tgt))
-    table = from_lines(sources, targets, src, tgt, cfg.per_source, cfg.frequent)
+    counts, workers, pairs = Counts.empty(src.vocab_size, tgt.vocab_size), all_cores(), 0
+    with tempfile.TemporaryDirectory(prefix="nmt-shortlist-") as tmp:
+        for k, (_, files) in enumerate(train_only.training_corpora()):
+            out = Path(tmp) / str(k) / "train"
+            encode_split(files, src, tgt, out, data.clean_config(), data.workers or workers,
+                         (data.src_lang, data.tgt_lang))
+            part, _ = count_split(out, src.vocab_size, tgt.vocab_size, data.workers or workers)
+            counts, pairs = counts.add(part), pairs + part.sentences
+    table = from_counts(counts, cfg.per_source, cfg.frequent)
     ckpt["shortlist"] = table.state()
     output = str(cfg.output or cfg.checkpoint)
     atomic_torch_save(ckpt, output)
-    return {"checkpoint": str(cfg.checkpoint), "output": output, "pairs": len(sources),
+    return {"checkpoint": str(cfg.checkpoint), "output": output, "pairs": pairs,
             "per_source": cfg.per_source, "frequent": int(table.frequent.numel())}
 
 
