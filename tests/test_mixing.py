@@ -11,7 +11,7 @@ from conftest import TOY_TOKENIZER, files_config, toy_pairs, write_pairs
 
 from nmt.core.errors import ConfigError
 from nmt.data.datamodule import NMTDataModule
-from nmt.data.mixing import CorpusSpec, MixedDataset, counts, shares
+from nmt.data.mixing import CorpusSpec, MixedDataset, counts, shares, weighted_sample
 from nmt.data.prepare import prepare
 from nmt.data.sampler import TokenBatchSampler
 
@@ -134,3 +134,15 @@ def test_the_data_module_batches_the_mix(tmp_path):
     with pytest.raises(ConfigError, match="one training corpus only"):
         NMTDataModule(two_corpora(tmp_path, (1.0, 3.0)),
                       {**TOY_TOKENIZER, "sampling": {"enabled": True}}).train_dataset()
+
+
+def test_the_tokenizer_sample_follows_the_weights(tmp_path):
+    a = write_pairs(tmp_path, "a", [(f"a{k}", f"x{k}") for k in range(3000)])
+    b = write_pairs(tmp_path, "b", [(f"b{k}", f"y{k}") for k in range(100)])
+    files = [(Path(a["src"]), Path(a["tgt"])), (Path(b["src"]), Path(b["tgt"]))]
+    lines = list(weighted_sample(files, np.array([0.25, 0.75]), 2000, seed=1, sides=(0, 1)))
+    from_b = sum(line[0] in "by" for line in lines) / len(lines)
+    assert abs(len(lines) - 4000) < 150 and abs(from_b - 0.75) < 0.02
+    # The small corpus is taken 15 times over, the big one in part (a sixth of it).
+    assert sum(line == "b7" for line in lines) == 15
+    assert 400 < sum(line[0] == "a" for line in lines) < 600

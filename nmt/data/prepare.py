@@ -248,15 +248,16 @@ def _tokenizers(data_cfg: DataConfig, cfg: TokenizerConfig,
     spm_dir = (Path(data_cfg.root) / data_cfg.name / "spm"
                / cfg.key("+".join(pf.fingerprint() for _, pf in corpora)))
 
-    def lines(sides: tuple[int, ...]) -> Iterator[str]:
+    def lines(sides: tuple[int, ...]) -> Iterator[str]:  # read only if a model is trained
         if len(corpora) == 1:
             pf = corpora[0][1]
-            return _both_sides(pf) if len(sides) == 2 else read_lines((pf.src, pf.tgt)[sides[0]])
-        p = shares([line_count(pf.src) for _, pf in corpora],
-                   [spec.weight for spec, _ in corpora], data_cfg.temperature)
-        size = cfg.input_sentence_size or sum(line_count(pf.src) for _, pf in corpora)
-        return weighted_sample([(pf.src, pf.tgt) for _, pf in corpora], p, size, cfg.seed,
-                               sides)
+            yield from (_both_sides(pf) if len(sides) == 2
+                        else read_lines((pf.src, pf.tgt)[sides[0]]))
+            return
+        sizes = [line_count(pf.src) for _, pf in corpora]
+        p = shares(sizes, [spec.weight for spec, _ in corpora], data_cfg.temperature)
+        yield from weighted_sample([(pf.src, pf.tgt) for _, pf in corpora], p,
+                                   cfg.input_sentence_size or sum(sizes), cfg.seed, sides)
 
     if cfg.joint:
         tok = load_or_train(spm_dir, "joint", lines((0, 1)), cfg)
