@@ -12,7 +12,7 @@ from conftest import TOY_TOKENIZER, files_config, toy_pairs, write_pairs
 from nmt.core.errors import ConfigError
 from nmt.data.datamodule import NMTDataModule
 from nmt.data.mixing import CorpusSpec, MixedDataset, counts, shares, weighted_sample
-from nmt.data.prepare import prepare
+from nmt.data.prepare import describe, prepare
 from nmt.data.sampler import TokenBatchSampler
 
 
@@ -121,6 +121,10 @@ def test_a_new_weight_re_encodes_nothing(tmp_path):
     assert [ds.directory for _, ds in again.corpora] == [ds.directory for _, ds in first.corpora]
     # The shortlist's counts: both corpora's, summed.
     assert again.counts().sentences == 460
+    summary = describe(again, max_tokens=400)["train"]
+    assert summary["pairs"] == 460 and summary["clean"]["kept"] == 460
+    assert [(c["name"], c["pairs"], c["share"]) for c in summary["corpora"]] == [
+        ("web", 400, 0.8), ("domain", 60, 0.2)]
 
 
 def test_the_data_module_batches_the_mix(tmp_path):

@@ -91,20 +91,21 @@ class ChunkEncoder:
 
     def __call__(self, chunk: Chunk) -> Encoded:
         job = self.job
-        texts = tuple([decode_line(raw, name, chunk.first_line + k) for k, raw in enumerate(lines)]
-                      for lines, name in ((chunk.src, job.names[0]), (chunk.tgt, job.names[1])))
-        ids = [tok.encode(side, num_threads=1) for tok, side in zip(self.tokenizers, texts,
-                                                                   strict=True)]
-        lengths = tuple(np.fromiter(map(len, side), dtype=np.int64, count=len(side))
-                        for side in ids)
-        flat = tuple(np.fromiter(chain.from_iterable(side), dtype=job.dtype, count=int(n.sum()))
-                     for side, n in zip(ids, lengths, strict=True))
+        src, tgt = ([decode_line(raw, name, chunk.first_line + k) for k, raw in enumerate(lines)]
+                    for lines, name in ((chunk.src, job.names[0]), (chunk.tgt, job.names[1])))
+        src_ids, tgt_ids = (tok.encode(side, num_threads=1)
+                            for tok, side in zip(self.tokenizers, (src, tgt), strict=True))
+        src_len, tgt_len = (np.fromiter(map(len, side), dtype=np.int64, count=len(side))
+                            for side in (src_ids, tgt_ids))
+        flat = tuple(np.fromiter(chain.from_iterable(ids), dtype=job.dtype, count=int(n.sum()))
+                     for ids, n in ((src_ids, src_len), (tgt_ids, tgt_len)))
         if job.clean is None:
-            return Encoded(chunk.first_line, flat, lengths,  # type: ignore[arg-type]
-                           np.zeros(len(chunk.src), dtype=np.int8), None)
-        codes = job.clean.codes(*texts, *lengths, job.languages)
-        hashes = pair_hashes(*texts) if job.clean.dedup else None
-        return Encoded(chunk.first_line, flat, lengths, codes, hashes)  # type: ignore[arg-type]
+            return Encoded(chunk.first_line, flat, (src_len, tgt_len),  # type: ignore[arg-type]
+                           np.zeros(len(src), dtype=np.int8), None)
+        codes = job.clean.codes(src, tgt, src_len, tgt_len, job.languages)
+        hashes = pair_hashes(src, tgt) if job.clean.dedup else None
+        return Encoded(chunk.first_line, flat, (src_len, tgt_len), codes,  # type: ignore[arg-type]
+                       hashes)
 
 
 _WORKER: dict[str, ChunkEncoder] = {}  # a worker process's encoder

@@ -220,7 +220,8 @@ def _prepare(data_cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int) ->
     workers = data_cfg.workers or all_cores()
     splits = [(f"train:{spec.name}", "train", pf) for spec, pf in corpora]
     splits += [(split, split, pf) for split, pf in files.items() if split != "train"]
-    datasets, encoded = {}, 0
+    datasets: dict[str, ParallelDataset | MixedDataset] = {}
+    encoded = 0
     for name, split, pf in splits:
         clean = data_cfg.clean_config() if split == "train" else None  # dev/test: never
         key = _key(FORMAT_VERSION, pf.fingerprint(), src_tok.digest, tgt_tok.digest,
@@ -230,9 +231,9 @@ def _prepare(data_cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int) ->
             log.info("encoding %s of %s", name, data_cfg.name)
             encoded += encode_split(pf, src_tok, tgt_tok, out, clean, workers,
                                     (data_cfg.src_lang, data_cfg.tgt_lang)).sentences
-        datasets[name] = ParallelDataset(out)
+        datasets[name] = dataset = ParallelDataset(out)
         if clean is not None:
-            log.info("cleaning %s: %s", name, datasets[name].clean_report)
+            log.info("cleaning %s: %s", name, dataset.clean_report)
     timings["encode_s"] = time.perf_counter() - t0
     prepared = PreparedData(src_tok, tgt_tok, tokenizer_cfg.joint, files, datasets, timings,
                             encoded)
@@ -286,7 +287,7 @@ def _training_corpora(prepared: PreparedData, corpora: list[tuple[CorpusSpec, Pa
     p = shares([len(ds) for _, ds in named], [spec.weight for spec, _ in corpora], temperature)
     prepared.shares = p.tolist()
     prepared.datasets["train"] = (named[0][1] if len(named) == 1 else
-                                  MixedDataset(named, p, seed))  # type: ignore[arg-type]
+                                  MixedDataset(named, p, seed))
     # The splits in their usual order: train, valid, test.
     prepared.datasets = {k: prepared.datasets[k] for k in SPLITS if k in prepared.datasets}
 
@@ -323,7 +324,14 @@ def describe(prepared: PreparedData, max_tokens: int) -> dict[str, Any]:
             "tgt_len_mean": round(float(np.mean(ds.tgt_lengths)), 2) if len(ds) else 0.0,
         }
     train = prepared.datasets["train"]
-    summary["train"]["clean"] = train.clean_report.to_dict()
+    reports = [(name, ds.clean_report) for name, ds in prepared.corpora]
+    summary["train"]["clean"] = reports[0][1].to_dict() if len(reports) == 1 else {
+        key: sum(r.to_dict()[key] for _, r in reports) for key in reports[0][1].to_dict()}
+    if len(reports) > 1:
+        summary["train"]["corpora"] = [
+            {"name": name, "pairs": report.kept, "share": round(share, 4),
+             "clean": report.to_dict()}
+            for (name, report), share in zip(reports, prepared.shares, strict=True)]
     sampler = TokenBatchSampler(train.src_lengths + 1, train.tgt_lengths + 1, max_tokens)
     summary["train"]["batches"] = len(sampler)
     summary["train"]["padding_ratio"] = round(padding_ratio(sampler), 4)
