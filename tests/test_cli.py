@@ -106,8 +106,8 @@ def test_misspelled_key_is_refused(tmp_path):
     result = run_cli("prepare", "data.srclang=en", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: data.srclang: unknown key; valid keys: clean, "
-                                     "corpus, files, local_dir, name, root, splits, src_lang, "
-                                     "temperature, tgt_lang, workers")
+                                     "corpora, corpus, files, local_dir, name, root, splits, "
+                                     "src_lang, temperature, tgt_lang, workers")
 
 
 @pytest.mark.parametrize(("command", "key"), [("translate", "checkpoint"),

@@ -37,10 +37,10 @@ def test_bad_mixes_are_refused(sizes, weights, temperature, match):
 
 @pytest.mark.parametrize(("entries", "match"), [
     ([{"src": "a", "tgt": "b", "weight": 1}, {"src": "c", "tgt": "d"}], "every corpus a weight"),
-    ([{"src": "a", "tgt": "b", "weight": -1}], r"train\[0\]\.weight must be a positive"),
+    ([{"src": "a", "tgt": "b", "weight": -1}], r"corpora\[0\]\.weight must be a positive"),
     ([{"src": "a", "tgt": "b", "name": "x"}, {"src": "c", "tgt": "d", "name": "x"}], "repeat"),
     ([{"src": "a", "tgt": "b", "wieght": 2}], r"unknown key\(s\) \['wieght'\]"),
-    ([{"src": "a"}], r"train\[0\]\.tgt is not set"),
+    ([{"src": "a"}], r"corpora\[0\]\.tgt is not set"),
 ])
 def test_bad_corpus_lists_are_refused(entries, match):
     with pytest.raises(ConfigError, match=match):
@@ -104,9 +104,9 @@ def two_corpora(tmp_path: Path, weights: tuple[float, float]) -> dict:
     big, small, valid = ({"src": str(d / f"{name}.en"), "tgt": str(d / f"{name}.de")}
                          for name in ("web", "domain", "valid"))
     cfg = files_config(d, tmp_path / "cache", clean={"dedup": False})
-    cfg["files"] = {"train": [{**big, "name": "web", "weight": weights[0]},
-                              {**small, "name": "domain", "weight": weights[1]}],
-                    "valid": valid}
+    cfg["files"] = {"valid": valid}
+    cfg["corpora"] = [{**big, "name": "web", "weight": weights[0]},
+                      {**small, "name": "domain", "weight": weights[1]}]
     return cfg
 
 
@@ -125,6 +125,13 @@ def test_a_new_weight_re_encodes_nothing(tmp_path):
     assert summary["pairs"] == 460 and summary["clean"]["kept"] == 460
     assert [(c["name"], c["pairs"], c["share"]) for c in summary["corpora"]] == [
         ("web", 400, 0.8), ("domain", 60, 0.2)]
+
+
+def test_corpora_and_files_train_are_not_both_set(tmp_path):
+    cfg = two_corpora(tmp_path, (1.0, 1.0))
+    cfg["files"]["train"] = cfg["corpora"][0]
+    with pytest.raises(ConfigError, match="data.corpora or data.files.train, not both"):
+        prepare(cfg, TOY_TOKENIZER)
 
 
 def test_the_data_module_batches_the_mix(tmp_path):

@@ -1,6 +1,7 @@
 """Several training corpora, mixed by weight when the batches are built.
 
-``data.files.train`` may list corpora, each ``{src, tgt, weight, name}``. Each is
+``data.corpora`` lists corpora, each ``{src, tgt, weight, name}``, in place of
+``data.files.train``. Each is
 encoded into a cache of its own (nmt/data/prepare.py): changing a weight re-encodes
 nothing. An epoch has as many examples as all corpora together keep, N; corpus c
 gives round(p_c N) of them, where
@@ -42,12 +43,12 @@ class CorpusSpec:
     weight: float | None = None
 
     @classmethod
-    def parse(cls, entries: object) -> list[CorpusSpec]:
-        """The corpora of ``data.files.train``: one ``{src, tgt}`` or a list of them."""
+    def parse(cls, entries: object, key: str = "data.corpora") -> list[CorpusSpec]:
+        """The corpora of config key ``key``: one ``{src, tgt}`` or a list of them."""
         items = entries if isinstance(entries, list | tuple) else [entries]
         specs = []
         for k, item in enumerate(items):
-            where = "data.files.train" + (f"[{k}]" if isinstance(entries, list | tuple) else "")
+            where = key + (f"[{k}]" if isinstance(entries, list | tuple) else "")
             if not isinstance(item, dict):
                 raise ConfigError(f"{where}: expected {{src: ..., tgt: ...}}, got {item!r}")
             unknown = sorted(set(item) - {"src", "tgt", "weight", "name"})
@@ -64,10 +65,10 @@ class CorpusSpec:
                              str(item["tgt"]), None if weight is None else float(weight)))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
-            raise ConfigError(f"data.files.train: corpus names repeat: {names}")
+            raise ConfigError(f"{key}: corpus names repeat: {names}")
         given = sum(s.weight is not None for s in specs)
         if 0 < given < len(specs):
-            raise ConfigError("data.files.train: give every corpus a weight, or none")
+            raise ConfigError(f"{key}: give every corpus a weight, or none")
         return specs
 
 
@@ -80,7 +81,7 @@ def shares(sizes: list[int], weights: list[float | None], temperature: float | N
         raise ConfigError("data.temperature and per-corpus weights both set: choose one")
     n = np.asarray(sizes, dtype=np.float64)
     if not n.sum():
-        raise ConfigError("data.files.train: the corpora keep no training pair")
+        raise ConfigError("data.corpora: the corpora keep no training pair")
     if any(w is not None for w in weights):
         p = np.array(weights, dtype=np.float64)
     elif temperature is not None:

@@ -55,7 +55,8 @@ class DataConfig:
 
     Either ``corpus`` names a catalog corpus and ``splits`` maps train/valid/test to
     its split names, or ``corpus`` is None and ``files`` maps them to
-    ``{src: path, tgt: path}`` (train: or a list of corpora, nmt/data/mixing.py).
+    ``{src: path, tgt: path}``; ``corpora`` lists several training corpora instead
+    of ``files.train`` (nmt/data/mixing.py).
     ``workers`` processes encode the data (None: all cores).
     """
 
@@ -68,6 +69,7 @@ class DataConfig:
     root: str = "data"
     local_dir: str | None = None
     clean: dict[str, Any] = field(default_factory=dict)
+    corpora: list[Any] | None = None  # several training corpora, instead of files.train
     workers: int | None = None
     temperature: float | None = None  # several training corpora: p ~ (n / N) ** (1 / T)
 
@@ -84,12 +86,16 @@ class DataConfig:
             }
         resolved = {}
         for split, sides in self.files.items():
-            if sides is None or (isinstance(sides, Mapping) and sides.get("src") is None):
+            if split == "train" and self.corpora:
+                continue
+            if sides is None or (isinstance(sides, Mapping) and sides.get("src") in (None, "???")):
                 continue
             if split == "train":
                 resolved[split] = self.training_corpora()[0][1]
                 continue
             resolved[split] = _checked(sides, f"data.files.{split}")
+        if self.corpora:
+            resolved["train"] = self.training_corpora()[0][1]
         return resolved
 
     def training_corpora(self) -> list[tuple[CorpusSpec, ParallelFiles]]:
@@ -97,12 +103,13 @@ class DataConfig:
         if self.corpus is not None:
             files = self.resolve()["train"]
             return [(CorpusSpec("train", str(files.src), str(files.tgt)), files)]
-        specs = CorpusSpec.parse(self.files.get("train"))
-        where = "data.files.train" if len(specs) == 1 and not isinstance(
-            self.files.get("train"), list | tuple) else None
-        return [(spec, _checked({"src": spec.src, "tgt": spec.tgt},
-                                where or f"data.files.train[{k}]"))
-                for k, spec in enumerate(specs)]
+        if self.corpora:
+            specs = CorpusSpec.parse(list(self.corpora), "data.corpora")
+            return [(spec, _checked({"src": spec.src, "tgt": spec.tgt}, f"data.corpora[{k}]"))
+                    for k, spec in enumerate(specs)]
+        specs = CorpusSpec.parse(self.files.get("train"), "data.files.train")
+        return [(specs[0], _checked({"src": specs[0].src, "tgt": specs[0].tgt},
+                                    "data.files.train"))]
 
     def check(self) -> None:
         """Fail fast on a config that cannot work, before any data is touched."""
@@ -111,6 +118,12 @@ class DataConfig:
                 raise ConfigError(f"data.{key} is not set")
         if self.corpus is None and not self.files:
             raise ConfigError("data: set either corpus (a catalog corpus) or files")
+        if self.corpora and self.corpus is not None:
+            raise ConfigError("data.corpora: for your own files (data=files), not a catalog "
+                              "corpus")
+        train = (self.files or {}).get("train")
+        if self.corpora and isinstance(train, Mapping) and train.get("src") not in (None, "???"):
+            raise ConfigError("data: set data.corpora or data.files.train, not both")
         unknown = set(self.splits if self.corpus is not None else self.files) - set(SPLITS)
         if unknown:
             raise ConfigError(
