@@ -31,7 +31,8 @@ from nmt.data.corpus import read_lines, read_parallel
 from nmt.data.datamodule import NMTDataModule
 from nmt.data.dataset import Batch, collate
 from nmt.data.filters import CleanConfig
-from nmt.data.prepare import describe, prepare
+from nmt.data.prepare import prepare
+from nmt.data.summary import describe
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig, train_sentencepiece
 
 # --- reading ---------------------------------------------------------------------------------

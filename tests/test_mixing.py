@@ -12,8 +12,9 @@ from conftest import TOY_TOKENIZER, files_config, toy_pairs, write_pairs
 from nmt.core.errors import ConfigError
 from nmt.data.datamodule import NMTDataModule
 from nmt.data.mixing import CorpusSpec, MixedDataset, counts, shares, weighted_sample
-from nmt.data.prepare import describe, prepare
+from nmt.data.prepare import prepare
 from nmt.data.sampler import TokenBatchSampler
+from nmt.data.summary import describe
 
 
 def test_shares_by_weight_temperature_or_size():
@@ -130,7 +131,7 @@ def test_a_new_weight_re_encodes_nothing(tmp_path):
 def test_corpora_and_files_train_are_not_both_set(tmp_path):
     cfg = two_corpora(tmp_path, (1.0, 1.0))
     cfg["files"]["train"] = cfg["corpora"][0]
-    with pytest.raises(ConfigError, match="data.corpora or data.files.train, not both"):
+    with pytest.raises(ConfigError, match=r"data\.corpora or data\.files\.train, not both"):
         prepare(cfg, TOY_TOKENIZER)
 
 

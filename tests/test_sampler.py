@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from nmt.core.errors import ConfigError
-from nmt.data.prepare import padding_ratio
 from nmt.data.sampler import TokenBatchSampler, batch_cost
+from nmt.data.summary import padding_ratio
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,8 @@ def as_dict(cfg: DictConfig) -> dict[str, Any]:
 @report_errors
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Fetch the data, train the tokenizers, encode every split; print a JSON summary."""
-    from nmt.data.prepare import describe
     from nmt.data.prepare import prepare as prepare_data
+    from nmt.data.summary import describe
 
     if "format" in cfg.data:
         raise ConfigError(f"data={cfg.data.name}: captioning data is prepared by "

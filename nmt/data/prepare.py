@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from nmt.core.errors import ConfigError, DataError
 from nmt.data.catalog import fetch_split
 from nmt.data.cooccurrence import FILE as COUNTS_FILE
@@ -36,7 +34,6 @@ from nmt.data.dataset import FORMAT_VERSION, ParallelDataset
 from nmt.data.encode import all_cores, encode_split
 from nmt.data.filters import CleanConfig, check_languages
 from nmt.data.mixing import CorpusSpec, MixedDataset, line_count, shares, weighted_sample
-from nmt.data.sampler import TokenBatchSampler
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train
 
 if TYPE_CHECKING:
@@ -309,43 +306,3 @@ def _both_sides(files: ParallelFiles) -> Iterator[str]:
     for src, tgt in read_parallel(files.src, files.tgt):
         yield src
         yield tgt
-
-
-def padding_ratio(sampler: TokenBatchSampler, epoch: int = 0) -> float:
-    """Padding tokens / all tokens of the padded source and target tensors of one epoch."""
-    real = padded = 0
-    for b in sampler.batches(epoch):
-        s, t = sampler.src_lengths[b], sampler.tgt_lengths[b]
-        real += int(s.sum() + t.sum())
-        padded += len(b) * int(s.max() + t.max())
-    return 1.0 - real / padded if padded else 0.0
-
-
-def describe(prepared: PreparedData, max_tokens: int) -> dict[str, Any]:
-    """A summary of prepared data: sizes, vocabularies, lengths, batches, padding."""
-    summary: dict[str, Any] = {
-        "tokenizer": "joint" if prepared.joint else "separate",
-        "src_vocab": prepared.src_tokenizer.vocab_size,
-        "tgt_vocab": prepared.tgt_tokenizer.vocab_size,
-    }
-    for split, ds in prepared.datasets.items():
-        summary[split] = {
-            "pairs": len(ds),
-            "src_tokens": int(ds.src_lengths.sum()),
-            "tgt_tokens": int(ds.tgt_lengths.sum()),
-            "src_len_mean": round(float(np.mean(ds.src_lengths)), 2) if len(ds) else 0.0,
-            "tgt_len_mean": round(float(np.mean(ds.tgt_lengths)), 2) if len(ds) else 0.0,
-        }
-    train = prepared.datasets["train"]
-    reports = [(name, ds.clean_report) for name, ds in prepared.corpora]
-    summary["train"]["clean"] = reports[0][1].to_dict() if len(reports) == 1 else {
-        key: sum(r.to_dict()[key] for _, r in reports) for key in reports[0][1].to_dict()}
-    if len(reports) > 1:
-        summary["train"]["corpora"] = [
-            {"name": name, "pairs": report.kept, "share": round(share, 4),
-             "clean": report.to_dict()}
-            for (name, report), share in zip(reports, prepared.shares, strict=True)]
-    sampler = TokenBatchSampler(train.src_lengths + 1, train.tgt_lengths + 1, max_tokens)
-    summary["train"]["batches"] = len(sampler)
-    summary["train"]["padding_ratio"] = round(padding_ratio(sampler), 4)
-    return summary
