@@ -1,7 +1,7 @@
 """How often source and target pieces occur in the same sentence pair: the counts the
 lexical shortlist's table is made of (nmt/decoding/shortlist.py).
 
-Counted during preparation over at most ``SAMPLE`` pairs of the encoded training
+Counted during preparation over at most ``SAMPLE`` (250,000) pairs of the encoded training
 split, evenly spaced (all of them up to that size), and cached beside it as
 ``cooccurrence.npz``. Memory is bounded at any corpus size: the pairs are counted a
 chunk of at most ``CHUNK`` (source piece, target piece) pairs at a time, spread over
@@ -23,7 +23,7 @@ import numpy as np
 
 from nmt.data.dataset import ParallelDataset
 
-SAMPLE = 1_000_000  # sentence pairs counted at most: the table's quality saturates long before
+SAMPLE = 250_000  # sentence pairs counted at most: tens of millions of piece pairs
 CHUNK = 2_000_000  # (source piece, target piece) pairs counted at a time: about 150 MB
 NONE = np.empty(0, dtype=np.int64)  # lets an empty chunk concatenate
 FILE = "cooccurrence.npz"
@@ -64,19 +64,18 @@ class Counts:
 
 def count(src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray],
           src_vocab: int, tgt_vocab: int, rows: np.ndarray | None = None) -> Counts:
-    """The counts of the sentence pairs ``rows`` (all when None) of a corpus: ``src`` and
-    ``tgt`` are (ids, offsets) of its encoded sentences (sentence i: ids[offsets[i]:
-    offsets[i + 1]], without BOS and EOS)."""
+    """The counts of the sentence pairs ``rows`` (ascending; all when None) of a corpus:
+    ``src`` and ``tgt`` are (ids, offsets) of its encoded sentences (sentence i:
+    ids[offsets[i]:offsets[i + 1]], without BOS and EOS)."""
     if rows is None:
         rows = np.arange(len(src[1]) - 1)
     total = Counts.empty(src_vocab, tgt_vocab)
     for part in _chunks(rows, np.asarray(src[1]), np.asarray(tgt[1])):
-        src_sets = _sentence_sets(src[0], src[1], part)
-        tgt_sets = _sentence_sets(tgt[0], tgt[1], part)
-        codes, pairs = _pair_codes(src_sets, tgt_sets, tgt_vocab)
-        total = total.add(Counts(
-            codes, pairs, np.bincount(np.concatenate([*src_sets, NONE]), minlength=src_vocab),
-            np.bincount(np.concatenate([*tgt_sets, NONE]), minlength=tgt_vocab), len(part)))
+        s_ids, s_n = _distinct(*src, part, src_vocab)
+        t_ids, t_n = _distinct(*tgt, part, tgt_vocab)
+        codes, pairs = _unique(_pair_codes(s_ids, s_n, t_ids, t_n, tgt_vocab), counts=True)
+        total = total.add(Counts(codes, pairs, np.bincount(s_ids, minlength=src_vocab),
+                                 np.bincount(t_ids, minlength=tgt_vocab), len(part)))
     return total
 
 
@@ -98,28 +97,41 @@ def _chunks(rows: np.ndarray, src_offsets: np.ndarray, tgt_offsets: np.ndarray
     return [rows[a:b] for a, b in itertools.pairwise(bounds.tolist())]
 
 
-def _sentence_sets(ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray
-                   ) -> list[np.ndarray]:
-    """Each sentence's distinct ids, for the sentences ``rows`` (ascending; only the span
-    of ``ids`` from the first to the last is read)."""
+def _distinct(ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, vocab: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ids of each of the sentences ``rows`` (ascending), sorted and laid end
+    to end, and how many each sentence has. Only the span of ``ids`` from the first to
+    the last of them is read."""
     if not len(rows):
-        return []
-    first = int(offsets[rows[0]])
-    span = np.asarray(ids[first:int(offsets[rows[-1] + 1])], dtype=np.int64)
-    return [np.unique(span[int(offsets[r]) - first:int(offsets[r + 1]) - first])
-            for r in rows.tolist()]
+        return NONE, NONE
+    begins = np.asarray(offsets[rows], dtype=np.int64)
+    lengths = np.asarray(offsets[rows + 1], dtype=np.int64) - begins
+    first = int(begins[0])
+    span = np.asarray(ids[first:int(begins[-1] + lengths[-1])], dtype=np.int64)
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    sentence = np.repeat(np.arange(len(rows)), lengths)
+    keys, _ = _unique(sentence * vocab + span[np.repeat(begins - first, lengths) + within])
+    return keys % vocab, np.bincount(keys // vocab, minlength=len(rows))
 
 
-def _pair_codes(src_sets: list[np.ndarray], tgt_sets: list[np.ndarray], tgt_vocab: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Every (source piece, target piece) pair of the sentence pairs, as one code
-    ``s * tgt_vocab + t``: the distinct codes, sorted, and the sentence pairs of each."""
-    n_src = np.array([len(s) for s in src_sets], dtype=np.int64)
-    n_tgt = np.array([len(t) for t in tgt_sets], dtype=np.int64)
-    s_flat = np.repeat(np.concatenate([*src_sets, NONE]), np.repeat(n_tgt, n_src))
-    t_flat = np.concatenate([*(np.tile(t, len(s)) for s, t in zip(src_sets, tgt_sets,
-                                                                   strict=True)), NONE])
-    return np.unique(s_flat * tgt_vocab + t_flat, return_counts=True)
+def _pair_codes(s_ids: np.ndarray, s_n: np.ndarray, t_ids: np.ndarray, t_n: np.ndarray,
+                tgt_vocab: int) -> np.ndarray:
+    """Every (source piece, target piece) pair of each sentence pair, as one code
+    ``s * tgt_vocab + t``: sentence j pairs its s_n[j] source with its t_n[j] target ids."""
+    # One block per source id: the target ids of its sentence.
+    block = np.repeat(t_n, s_n)  # each source id's block length
+    s_flat = np.repeat(s_ids, block)
+    starts = np.repeat(np.cumsum(t_n) - t_n, s_n)  # where its sentence's target ids begin
+    shift = np.repeat(starts - (np.cumsum(block) - block), block)
+    return s_flat * tgt_vocab + t_ids[shift + np.arange(len(s_flat))]
+
+
+def _unique(x: np.ndarray, counts: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique`` by sorting (numpy's hash-based path is slower on wide int64 codes)."""
+    x = np.sort(x)
+    first = np.flatnonzero(np.concatenate(([True], x[1:] != x[:-1]))) if len(x) else NONE
+    n = np.diff(np.append(first, len(x))) if counts else NONE
+    return x[first], n
 
 
 def merge(codes: np.ndarray, counts: np.ndarray, more: np.ndarray, more_counts: np.ndarray
