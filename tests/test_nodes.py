@@ -91,10 +91,10 @@ def test_two_nodes_train_like_one_node_with_two_processes(toy_dir, tmp_path):
                   *train_args(toy_dir, tmp_path / f"cache-node{k}", tmp_path / f"nodes-{k}",
                               num_nodes=2, devices=1)] for k in (0, 1)]
     logs = launch(two_nodes, tmp_path, "two-nodes")
-    # The second run reuses node 0's data cache, warm: both its processes only read it
-    # (two processes filling one cold cache at once can collide, see nmt.data.encode).
+    # The second run starts from an empty cache: its two processes start together and
+    # one prepares while the other waits (nmt.data.prepare's lock).
     one_node = [*torchrun(1, 2, 0, free_port()),
-                *train_args(toy_dir, tmp_path / "cache-node0", tmp_path / "one-node",
+                *train_args(toy_dir, tmp_path / "cache-one-node", tmp_path / "one-node",
                             num_nodes=1, devices=2)]
     launch([one_node], tmp_path, "one-node")
 
