@@ -3,7 +3,6 @@ end to end on a tiny corpus (prepare, then one training step) and reports sane n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,20 +10,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from train_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "bench" / "data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_joined_block_lays_picks_end_to_end(tmp_path):
-    bench = load_bench()
+    bench = load_bench("data")
     path = tmp_path / "lines.txt"
     path.write_text("a\nbb\nccé\n")
     text, starts, lengths = bench.packed(path)

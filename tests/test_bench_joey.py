@@ -4,26 +4,20 @@ our dependencies, so the comparison runs by hand: docs/results.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from train_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_joey", ROOT / "bench" / "joey.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_joey_config_mirrors_the_default_model(tmp_path):
-    bench = load_bench()
+    bench = load_bench("joey")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train")
     m = cfg.model
@@ -44,7 +38,7 @@ def test_joey_config_mirrors_the_default_model(tmp_path):
 
 
 def test_reads_the_measured_window_of_joeys_log():
-    bench = load_bench()
+    bench = load_bench("joey")
     log = ("2026-11-30 13:06:19 - INFO - joeynmt.training - Epoch   1, Step:       20, "
            "Batch Loss:    84.2, Batch Acc: 0.15, Tokens per Sec:      465, Lr: 0.002\n"
            "2026-11-30 13:06:30 - INFO - joeynmt.training - Epoch   1, Step:       40, "

@@ -4,30 +4,18 @@ ensembles, the table, the paired bootstrap and the JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import files_config
-from train_helpers import ROOT, toy_overrides
+from train_helpers import load_bench, toy_overrides
 
 from nmt.core.errors import ConfigError, DataError
-
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 recipe = load_bench("recipe")
 

@@ -7,6 +7,7 @@ runs it, since Lightning relaunches the script for every rank).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -105,3 +106,13 @@ if __name__ == "__main__":
            "world_size": trainer.world_size, "lr": trainer.optimizers[0].param_groups[0]["lr"],
            "total_steps": [getattr(s, "total_steps", None) for s in schedules]}
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+
+
+def load_bench(name: str):
+    """bench/<name>.py as a module (the bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
