@@ -124,6 +124,7 @@ def test_a_new_weight_re_encodes_nothing(tmp_path):
     assert again.counts().sentences == 460
     summary = describe(again, max_tokens=400)["train"]
     assert summary["pairs"] == 460 and summary["clean"]["kept"] == 460
+    assert summary["shortlist_counts"]["pairs"] == 460
     assert [(c["name"], c["pairs"], c["share"]) for c in summary["corpora"]] == [
         ("web", 400, 0.8), ("domain", 60, 0.2)]
 

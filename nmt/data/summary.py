@@ -46,6 +46,9 @@ def describe(prepared: PreparedData, max_tokens: int) -> dict[str, Any]:
              "clean": report.to_dict()}
             for (name, report), share in zip(reports, prepared.shares, strict=True)]
     sampler = TokenBatchSampler(train.src_lengths + 1, train.tgt_lengths + 1, max_tokens)
+    summary["train"]["shortlist_counts"] = {  # what counting cost (0: cached)
+        "pairs": prepared.counts().sentences,
+        **{k: round(v, 3) for k, v in prepared.cooccurrence.items()}}
     summary["train"]["batches"] = len(sampler)
     summary["train"]["padding_ratio"] = round(padding_ratio(sampler), 4)
     return summary
