@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -98,14 +99,16 @@ def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike
     Raises DataError with both line counts if the two sides differ in length.
     """
     return zip_aligned(read_lines(src_path), read_lines(tgt_path),
-                       lambda n_src, n_tgt: _misaligned(src_path, n_src, tgt_path, n_tgt))
+                       lambda n_src, n_tgt: misaligned(src_path, n_src, tgt_path, n_tgt))
 
 
-def raw_parallel(src: Iterable[bytes], tgt: Iterable[bytes], src_path: str | os.PathLike,
-                 tgt_path: str | os.PathLike) -> Iterator[tuple[bytes, bytes]]:
-    """``read_parallel`` of two open binary streams, as raw lines (``decode_line``)."""
-    return zip_aligned(raw_lines(src, str(src_path)), raw_lines(tgt, str(tgt_path)),
-                       lambda n_src, n_tgt: _misaligned(src_path, n_src, tgt_path, n_tgt))
+def read_raw(f: Iterator[bytes], n: int, name: str, after: int) -> list[bytes]:
+    """The next ``n`` (or fewer, at the end) raw lines of an open binary stream, read at
+    C speed; read errors raise DataError naming ``name`` and the ``after`` lines before."""
+    try:
+        return list(itertools.islice(f, n))
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{name}, after line {after}: cannot read the file ({e})") from None
 
 
 _END = object()  # zip_aligned's mark for a stream that ended
@@ -126,7 +129,7 @@ def zip_aligned(a: Iterator[T], b: Iterator[U], misaligned: Callable[[int, int],
         raise DataError(misaligned(n, n + rest))
 
 
-def _misaligned(src_path: str | os.PathLike, n_src: int, tgt_path: str | os.PathLike,
+def misaligned(src_path: str | os.PathLike, n_src: int, tgt_path: str | os.PathLike,
                n_tgt: int) -> str:
     return (
         f"source and target differ in length: {src_path} has {n_src} lines but "

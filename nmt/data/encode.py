@@ -24,13 +24,14 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nmt.data.corpus import ParallelFiles, decode_line, open_binary, raw_parallel
+from nmt.core.errors import DataError
+from nmt.data.corpus import ParallelFiles, decode_line, misaligned, open_binary, read_raw
 from nmt.data.dataset import FORMAT_VERSION
 from nmt.data.filters import KEEP, REASONS, CleanConfig, CleanReport, Deduplicator, pair_hashes
 from nmt.data.progress import Progress
@@ -124,13 +125,21 @@ def _chunks(files: ParallelFiles, size: int) -> Iterator[tuple[Chunk, float]]:
     file read so far (by bytes: a gzip file's compressed bytes)."""
     total = max(1, files.src.stat().st_size)
     with open_binary(files.src) as fs, open_binary(files.tgt) as ft:
-        pairs = raw_parallel(fs, ft, files.src, files.tgt)
         raw = getattr(fs, "fileobj", None) or fs  # a GzipFile's compressed stream
         line = 1
-        while batch := list(islice(pairs, size)):
-            src, tgt = zip(*batch, strict=True)
-            yield Chunk(line, list(src), list(tgt)), raw.tell() / total
-            line += len(batch)
+        while True:
+            src = read_raw(fs, size, str(files.src), line - 1)
+            tgt = read_raw(ft, size, str(files.tgt), line - 1)
+            if len(src) != len(tgt):
+                more = (sum(1 for _ in fs), sum(1 for _ in ft))
+                raise DataError(misaligned(files.src, line - 1 + len(src) + more[0],
+                                           files.tgt, line - 1 + len(tgt) + more[1]))
+            if not src:
+                if line == 1:
+                    raise DataError(f"{files.src}: the file is empty")
+                return
+            yield Chunk(line, src, tgt), raw.tell() / total
+            line += len(src)
 
 
 def encoded_chunks(files: ParallelFiles, job: Job, workers: int, size: int
