@@ -59,18 +59,11 @@ def read_lines(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[s
 
 def read_stream(f: Iterable[bytes], name: str, allow_empty: bool = False) -> Iterator[str]:
     """``read_lines`` for an open binary stream (e.g. stdin); ``name`` is used in errors."""
-    for n, raw in enumerate(raw_lines(f, name, allow_empty), start=1):
-        yield decode_line(raw, name, n)
-
-
-def raw_lines(f: Iterable[bytes], name: str, allow_empty: bool = False) -> Iterator[bytes]:
-    """The lines of a binary stream as bytes, line endings kept (``decode_line`` makes
-    text of them): read errors and an empty stream raise DataError naming ``name``."""
     n = 0
     try:
         for raw in f:
             n += 1
-            yield raw
+            yield decode_line(raw, name, n)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{name}, after line {n}: cannot read the file ({e})") from None
     if n == 0 and not allow_empty:
