@@ -12,7 +12,6 @@ chunk of at most ``CHUNK`` (source piece, target piece) pairs at a time, spread 
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 import resource
 import time
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nmt.data.dataset import ParallelDataset
+from nmt.data.store import SplitArrays
+from nmt.data.workers import worker_pool
 
 SAMPLE = 250_000  # sentence pairs counted at most: tens of millions of piece pairs
 CHUNK = 2_000_000  # (source piece, target piece) pairs counted at a time: about 150 MB
@@ -153,7 +153,7 @@ def merge(codes: np.ndarray, counts: np.ndarray, more: np.ndarray, more_counts: 
 def _count_part(args: tuple[str, int, int, np.ndarray]) -> tuple[Counts, float]:
     """A worker's counts of some rows, and its peak resident memory (GB)."""
     directory, src_vocab, tgt_vocab, rows = args
-    ds = ParallelDataset(directory)
+    ds = SplitArrays(directory)
     counts = count((ds.src_ids, ds.src_offsets), (ds.tgt_ids, ds.tgt_offsets), src_vocab,
                    tgt_vocab, rows)
     return counts, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -176,7 +176,7 @@ def count_split(directory: Path, src_vocab: int, tgt_vocab: int, workers: int = 
     if len(parts) == 1:  # a small split (starting a process costs seconds): counted here
         counts, peak = _count_part(parts[0])
     else:
-        with multiprocessing.get_context("spawn").Pool(len(parts)) as pool:
+        with worker_pool(len(parts)) as pool:
             for part, rss in pool.imap(_count_part, parts):
                 counts, peak = counts.add(part), max(peak, rss)
     counts.save(path)

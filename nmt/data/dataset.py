@@ -1,22 +1,11 @@
-"""Encoded parallel data: encode once, store ids on disk, memory-map them afterwards.
-
-One split is stored in a directory of its own:
-
-    src.ids, tgt.ids            all token ids of one side, concatenated (raw binary)
-    src.offsets.npy, ...        int64, n + 1 entries: example i is ids[off[i]:off[i + 1]]
-    lines.npy                   original line number of each kept example
-    meta.json                   counts, dtype, cleaning report
-
-nmt/data/encode.py writes it (under a temporary name, renamed when complete, so an
-interrupted run never leaves a half-written cache behind).
+"""Encoded parallel data as torch sees it: a memory-mapped split (nmt/data/store.py has
+the format on disk) as a Dataset, and padded batches.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -25,11 +14,9 @@ from torch.utils.data import Dataset
 
 from nmt.core.tokens import BOS_ID, EOS_ID, PAD_ID
 from nmt.data.filters import CleanReport
+from nmt.data.store import SplitArrays
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-
 
 class Batch(NamedTuple):
     """A padded batch; Lightning moves NamedTuples of tensors between devices itself."""
@@ -65,14 +52,10 @@ class ParallelDataset(OffsetItems):
     """Memory-mapped encoded split; item i is (i, src_ids, tgt_ids) without BOS/EOS."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
-        self.directory = Path(directory)
-        self.meta = json.loads((self.directory / "meta.json").read_text())
-        dtype = np.dtype(self.meta["dtype"])
-        # Memory-mapped, as the ids: the processes of one machine share one copy.
-        self.src_offsets = np.load(self.directory / "src.offsets.npy", mmap_mode="r")
-        self.tgt_offsets = np.load(self.directory / "tgt.offsets.npy", mmap_mode="r")
-        self.src_ids = _memmap(self.directory / "src.ids", dtype)
-        self.tgt_ids = _memmap(self.directory / "tgt.ids", dtype)
+        arrays = SplitArrays(directory)
+        self.directory, self.meta = arrays.directory, arrays.meta
+        self.src_ids, self.src_offsets = arrays.src_ids, arrays.src_offsets
+        self.tgt_ids, self.tgt_offsets = arrays.tgt_ids, arrays.tgt_offsets
         self.src_lengths = np.diff(self.src_offsets)
         self.tgt_lengths = np.diff(self.tgt_offsets)
 
@@ -87,12 +70,6 @@ class ParallelDataset(OffsetItems):
     @property
     def clean_report(self) -> CleanReport:
         return CleanReport.from_dict(self.meta["clean"])
-
-
-def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
-    if path.stat().st_size == 0:  # np.memmap refuses empty files
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def collate(examples: list[tuple[int, np.ndarray, np.ndarray]]) -> Batch:

@@ -1,4 +1,4 @@
-"""Encoding a split: its text files in, memory-mappable ids out (nmt/data/dataset.py has
+"""Encoding a split: its text files in, memory-mappable ids out (nmt/data/store.py has
 the format), in ``workers`` processes.
 
 The main process reads both files in chunks of ``CHUNK_LINES`` raw lines and hands
@@ -16,13 +16,10 @@ interrupted run leaves nothing behind and the next one starts again.
 
 from __future__ import annotations
 
-import json
-import multiprocessing
 import os
 import shutil
 from collections import deque
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -32,10 +29,11 @@ import numpy as np
 
 from nmt.core.errors import DataError
 from nmt.data.corpus import ParallelFiles, decode_line, misaligned, open_binary, read_raw
-from nmt.data.dataset import FORMAT_VERSION
 from nmt.data.filters import KEEP, REASONS, CleanConfig, CleanReport, Deduplicator, pair_hashes
 from nmt.data.progress import Progress
+from nmt.data.store import SplitWriter
 from nmt.data.tokenizer import Tokenizer
+from nmt.data.workers import worker_pool
 
 CHUNK_LINES = 50_000
 DUPLICATE = REASONS.index("duplicate") + 1
@@ -45,12 +43,6 @@ DUPLICATE = REASONS.index("duplicate") + 1
 class EncodeStats:
     sentences: int
     seconds: float
-
-
-def all_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -154,9 +146,7 @@ def encoded_chunks(files: ParallelFiles, job: Job, workers: int, size: int
         for chunk, fraction in chain([first], chunks):
             yield encoder(chunk), fraction
         return
-    # spawn, not fork: the caller may hold torch's thread pools, which fork breaks.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_start_worker, initargs=(job,)) as pool:
+    with worker_pool(workers, _start_worker, (job,)) as pool:
         pending: deque[tuple[Any, float]] = deque()
         for chunk, fraction in chain([first], chunks):
             pending.append((pool.apply_async(_encode_in_worker, (chunk,)), fraction))
@@ -166,39 +156,6 @@ def encoded_chunks(files: ParallelFiles, job: Job, workers: int, size: int
         while pending:
             result, read = pending.popleft()
             yield result.get(), read
-
-
-class _Writer:
-    """Appends kept pairs to a split directory being written."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.open = ExitStack()
-        self.files = {name: self.open.enter_context(open(directory / name, "wb"))  # noqa: SIM115
-                      for name in ("src.ids", "tgt.ids", "src.lengths", "tgt.lengths", "lines")}
-
-    def add(self, enc: Encoded, keep: np.ndarray) -> None:
-        for side, ids, lengths in zip(("src", "tgt"), enc.ids, enc.lengths, strict=True):
-            self.files[f"{side}.ids"].write(ids[np.repeat(keep, lengths)].tobytes())
-            self.files[f"{side}.lengths"].write(lengths[keep].tobytes())
-        self.files["lines"].write((np.flatnonzero(keep) + enc.first_line).astype(np.int64)
-                                  .tobytes())
-
-    def finish(self, meta: dict[str, Any]) -> None:
-        self.close()
-        for side in ("src", "tgt"):
-            lengths = np.fromfile(self.directory / f"{side}.lengths", dtype=np.int64)
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            np.save(self.directory / f"{side}.offsets.npy", offsets)
-            (self.directory / f"{side}.lengths").unlink()
-        lines = np.fromfile(self.directory / "lines", dtype=np.int64)
-        np.save(self.directory / "lines.npy", lines)
-        (self.directory / "lines").unlink()
-        (self.directory / "meta.json").write_text(json.dumps(meta, indent=1))
-
-    def close(self) -> None:
-        self.open.close()
 
 
 def encode_split(files: ParallelFiles, src_tok: Tokenizer, tgt_tok: Tokenizer,
@@ -217,7 +174,7 @@ def encode_split(files: ParallelFiles, src_tok: Tokenizer, tgt_tok: Tokenizer,
     tmp.mkdir(parents=True)
     report, dedup = CleanReport(), Deduplicator() if clean and clean.dedup else None
     progress = Progress(f"encoding {out_dir.name} ({workers} worker{'s' * (workers > 1)})")
-    writer = _Writer(tmp)
+    writer = SplitWriter(tmp)
     try:
         for enc, fraction in encoded_chunks(files, job, workers, chunk_lines):
             keep = enc.codes == KEEP
@@ -227,9 +184,9 @@ def encode_split(files: ParallelFiles, src_tok: Tokenizer, tgt_tok: Tokenizer,
                 enc.codes[keep & ~first] = DUPLICATE
                 keep &= first
             report.count(enc.codes)
-            writer.add(enc, keep)
+            writer.add(enc.ids, enc.lengths, keep, enc.first_line)
             progress.update(len(keep), fraction)
-        writer.finish({"format": FORMAT_VERSION, "dtype": dtype.name, "examples": report.kept,
+        writer.finish({"dtype": dtype.name, "examples": report.kept,
                        "src": str(files.src), "tgt": str(files.tgt), "clean": report.to_dict(),
                        "src_tokenizer": src_tok.digest, "tgt_tokenizer": tgt_tok.digest})
         if out_dir.is_dir() and not (out_dir / "meta.json").is_file():

@@ -30,11 +30,13 @@ from nmt.data.catalog import fetch_split
 from nmt.data.cooccurrence import FILE as COUNTS_FILE
 from nmt.data.cooccurrence import Counts, count_split
 from nmt.data.corpus import ParallelFiles, read_lines, read_parallel
-from nmt.data.dataset import FORMAT_VERSION, ParallelDataset
-from nmt.data.encode import all_cores, encode_split
+from nmt.data.dataset import ParallelDataset
+from nmt.data.encode import encode_split
 from nmt.data.filters import CleanConfig, check_languages
 from nmt.data.mixing import CorpusSpec, MixedDataset, line_count, shares, weighted_sample
+from nmt.data.store import FORMAT_VERSION
 from nmt.data.tokenizer import Tokenizer, TokenizerConfig, load_or_train
+from nmt.data.workers import all_cores
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

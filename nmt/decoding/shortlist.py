@@ -268,8 +268,9 @@ def run(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from nmt.data.cooccurrence import count_split
-    from nmt.data.encode import all_cores, encode_split
+    from nmt.data.encode import encode_split
     from nmt.data.prepare import DataConfig, from_dict
+    from nmt.data.workers import all_cores
     from nmt.decoding.checkpoints import atomic_torch_save, load_checkpoint
 
     ckpt = load_checkpoint(cfg.checkpoint)
