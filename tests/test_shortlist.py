@@ -49,7 +49,8 @@ def test_the_table_holds_each_source_piece_s_most_associated_target_pieces():
     table = build(src, tgt, src_vocab=16, tgt_vocab=40, per_source=2, frequent=1)
     assert table.table.shape == (16, 2)
     assert table.table[10, 0] == 20 and table.table[11, 0] == 21
-    assert table.table[12].tolist() == [30, -1]  # one target piece ever came with 12
+    assert table.table[10].tolist() == [20, 21]  # 21 and 22 once each with 10; 21 more often
+    assert table.table[12].tolist() == [-1, -1]  # only 30 came with 12: every batch keeps it
     assert (table.table[13] == -1).all()  # never seen
     assert table.frequent.tolist() == [*range(SPECIALS), 30]
     # A batch's candidates: sorted, the specials, the frequent pieces, its sources' rows;
@@ -77,12 +78,15 @@ def test_counting_in_chunks_gives_the_table_of_one_count(monkeypatch):
         table = build(src, tgt, 60, 50, per_source=4, frequent=5)
         assert torch.equal(table.table, whole.table) and torch.equal(table.frequent,
                                                                      whole.frequent)
-    # By hand for one piece: 59's row holds the target pieces it shares most pairs with.
-    together = Counter(t for s, t_ids in pairs if 59 in s for t in set(t_ids))
-    with_59 = sum(59 in s for s, _ in pairs)
+    # By hand for one piece: 59's row holds the target pieces it shares the most pairs
+    # with (ties: the more frequent piece, then the lower id), leaving out the pieces
+    # every batch keeps (the special ids and the 5 most frequent).
     in_pairs = Counter(t for _, t_ids in pairs for t in set(t_ids))
-    dice = {t: 2 * c / (with_59 + in_pairs[t]) for t, c in together.items()}
-    best = sorted(dice, key=lambda t: (-dice[t], -together[t], t))[:4]
+    frequent = sorted(in_pairs, key=lambda t: (-in_pairs[t], t))[:5]
+    assert whole.frequent.tolist() == sorted([0, 1, 2, 3, *frequent])
+    together = Counter(t for s, t_ids in pairs if 59 in s for t in set(t_ids)
+                       if t not in frequent)
+    best = sorted(together, key=lambda t: (-together[t], -in_pairs[t], t))[:4]
     assert whole.table[59].tolist() == best
 
 

@@ -110,7 +110,7 @@ class ShortlistConfig:
 
     enabled: bool = True
     per_source: int = 20
-    frequent: int = 100
+    frequent: int = 200
 
 
 @dataclass

@@ -4,12 +4,12 @@ likely for a batch, not the whole vocabulary.
 The table is made of the training corpus's co-occurrence counts (nmt/data/
 cooccurrence.py: counted during preparation, cached with the encoded data), at the
 start of training (``from_counts``: every checkpoint carries it as
-``checkpoint["shortlist"]``): for every source piece, the
-``per_source`` target pieces most associated with it, by the Dice coefficient of the
-sentence pairs they occur in, 2 c(s, t) / (c(s) + c(t)) (ties: more pairs first); and
-the ``frequent`` most frequent target pieces (punctuation, articles, endings), which
-every batch keeps. A batch's candidates are those, the special ids and the rows of its
-source pieces (``Shortlist.candidates``). ``Shortlisted`` runs search over those
+``checkpoint["shortlist"]``): the ``frequent`` target pieces in the most sentences
+(punctuation, articles, endings), which every batch keeps; and for every source piece,
+the ``per_source`` other target pieces it occurs with in the most sentence pairs,
+c(s, t) (the order of p(t | s); ties: the more frequent target piece, then the lower
+id). A batch's candidates are those, the special ids and the rows of its source pieces
+(``Shortlist.candidates``). ``Shortlisted`` runs search over those
 columns alone: the output layer is cut to them once per batch, search picks among
 their positions, and the chosen positions are mapped back to ids. The special ids
 (PAD, UNK, BOS, EOS = 0..3) are always candidates and the candidates are sorted, so
@@ -38,6 +38,8 @@ from nmt.decoding.ensemble import Ensemble
 from nmt.decoding.search import NEG_INF, Hypothesis
 
 SPECIALS = EOS_ID + 1  # ids 0..EOS_ID: PAD, UNK, BOS, EOS
+PER_SOURCE = 20  # target pieces a source piece adds (docs/design.md: how these were chosen)
+FREQUENT = 200  # the most frequent target pieces, which every batch keeps
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,8 @@ def missing_table(where: str) -> ConfigError:
 
 
 def build(src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray],
-          src_vocab: int, tgt_vocab: int, per_source: int = 20, frequent: int = 100
-          ) -> Shortlist:
+          src_vocab: int, tgt_vocab: int, per_source: int = PER_SOURCE,
+          frequent: int = FREQUENT) -> Shortlist:
     """The table of a corpus: ``src`` and ``tgt`` are (ids, offsets) of its encoded
     sentences (sentence i: ids[offsets[i]:offsets[i + 1]], without BOS and EOS)."""
     n = len(src[1]) - 1
@@ -115,25 +117,29 @@ def _check(per_source: Any, frequent: Any) -> None:
         raise ConfigError(f"shortlist.frequent must be an integer >= 0, got {frequent!r}")
 
 
-def from_counts(counts: Counts, per_source: int = 20, frequent: int = 100) -> Shortlist:
+def from_counts(counts: Counts, per_source: int = PER_SOURCE, frequent: int = FREQUENT
+                ) -> Shortlist:
     """The table of a corpus's co-occurrence counts (nmt/data/cooccurrence.py)."""
     _check(per_source, frequent)
     src_vocab, tgt_vocab = len(counts.src), len(counts.tgt)
-    codes, pairs = counts.codes, counts.pairs
-    s_of, t_of = codes // tgt_vocab, codes % tgt_vocab
-    dice = 2 * pairs / (counts.src[s_of] + counts.tgt[t_of])
-    # By source piece, then best first: the first per_source of each source piece.
-    order = np.lexsort((-pairs, -dice, s_of))
+    sentences = counts.tgt.copy()  # sentences a target piece occurs in
+    sentences[:SPECIALS] = 0
+    common = np.argsort(-sentences, kind="stable")[:frequent]
+    kept = np.union1d(np.arange(SPECIALS), common[sentences[common] > 0])
+    always = np.zeros(tgt_vocab, dtype=bool)
+    always[kept] = True
+    s_of, t_of = counts.codes // tgt_vocab, counts.codes % tgt_vocab
+    rest = ~always[t_of]  # the rows leave out what every batch keeps anyway
+    s_of, t_of, pairs = s_of[rest], t_of[rest], counts.pairs[rest]
+    # By source piece, then best first (lexsort's last key first): the most sentence
+    # pairs together, then the more frequent target piece, then the lower id.
+    order = np.lexsort((t_of, -counts.tgt[t_of], -pairs, s_of))
     s_sorted = s_of[order]
     starts = np.searchsorted(s_sorted, np.arange(src_vocab))
     rank = np.arange(len(order)) - starts[s_sorted]
     keep = order[rank < per_source]
     table = np.full((src_vocab, per_source), -1, dtype=np.int64)
     table[s_of[keep], rank[rank < per_source]] = t_of[keep]
-    sentences = counts.tgt.copy()  # sentences a target piece occurs in
-    sentences[:SPECIALS] = 0
-    common = np.argsort(-sentences, kind="stable")[:frequent]
-    kept = np.union1d(np.arange(SPECIALS), common[sentences[common] > 0])
     return Shortlist(torch.from_numpy(table), torch.from_numpy(kept.astype(np.int64)),
                      tgt_vocab)
 
@@ -304,8 +310,8 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def from_lines(sources: list[str], targets: list[str], src_tokenizer: Tokenizer,
-               tgt_tokenizer: Tokenizer, per_source: int = 20, frequent: int = 100
-               ) -> Shortlist:
+               tgt_tokenizer: Tokenizer, per_source: int = PER_SOURCE,
+               frequent: int = FREQUENT) -> Shortlist:
     """The table of parallel lines, encoded with the model's tokenizers."""
     sides = []  # build() refuses sides of different lengths
     for tokenizer, lines in ((src_tokenizer, sources), (tgt_tokenizer, targets)):
