@@ -98,8 +98,9 @@ def test_unknown_choice_lists_valid_ones(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: data=multi30k_en_xx: no such choice; valid choices: captions_csv, coco, files, "
-        "flickr30k, flickr8k, multi30k_cs_en, multi30k_de_en, multi30k_en_cs, multi30k_en_de, "
-        "multi30k_en_fr, multi30k_fr_en, shapes")
+        "flickr30k, flickr8k, gettext_en_de, gettext_en_ja, gettext_en_ko, gettext_en_zh, "
+        "multi30k_cs_en, multi30k_de_en, multi30k_en_cs, multi30k_en_de, multi30k_en_fr, "
+        "multi30k_fr_en, shapes")
 
 
 def test_misspelled_key_is_refused(tmp_path):

@@ -7,6 +7,7 @@ from nmt.cli.commands import (
     caption_main,
     evaluate_main,
     export_main,
+    gettext_main,
     main,
     prepare_main,
     serve_main,
@@ -15,5 +16,5 @@ from nmt.cli.commands import (
     translate_main,
 )
 
-__all__ = ["average_main", "caption_main", "evaluate_main", "export_main", "main",
+__all__ = ["average_main", "caption_main", "evaluate_main", "export_main", "gettext_main", "main",
            "prepare_main", "serve_main", "shortlist_main", "train_main", "translate_main"]

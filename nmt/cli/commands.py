@@ -189,6 +189,20 @@ def shortlist(cfg: DictConfig) -> dict[str, Any]:
 
 
 @report_errors
+def gettext(cfg: DictConfig) -> dict[str, Any]:
+    """Build the gettext corpora from a machine's catalogs (conf/gettext.yaml); print a JSON
+    summary."""
+    from nmt.data.gettext import build
+
+    def run(cfg: DictConfig) -> dict[str, Any]:
+        packages = {key: None if cfg[key] is None else [str(p) for p in cfg[key]]
+                    for key in ("dev_packages", "test_packages")}
+        return build(cfg.output, cfg.locale_dir, [str(x) for x in cfg.languages], **packages)
+
+    return _print_summary(run, cfg)
+
+
+@report_errors
 def serve(cfg: DictConfig) -> None:
     """Serve a model over HTTP until SIGTERM or SIGINT (conf/serve.yaml, docs/serving.md)."""
     _log_to_stderr()
@@ -229,9 +243,14 @@ def shortlist_main() -> None:
     run_hydra("shortlist", shortlist)
 
 
+def gettext_main() -> None:
+    run_hydra("gettext", gettext)
+
+
 COMMANDS = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
             "evaluate": evaluate_main, "caption": caption_main, "average": average_main,
-            "export": export_main, "serve": serve_main, "shortlist": shortlist_main}
+            "export": export_main, "serve": serve_main, "shortlist": shortlist_main,
+            "gettext": gettext_main}
 
 
 def main() -> None:

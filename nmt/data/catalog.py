@@ -27,10 +27,15 @@ class CatalogCorpus:
     download it when the catalog was written) must be gzip, UTF-8 and have its
     split's published line count (``lines``); its sha256 is then recorded beside
     the cache and checked on every later use (trust on first use).
+
+    A corpus with no ``url`` has no published version: users build their own copy
+    (``build`` says how), whose content differs from machine to machine, so a file
+    is only checked to be gzip (UTF-8 and line alignment are checked when it is read);
+    its sha256 still keys the caches, so a rebuilt copy is prepared anew.
     """
 
     name: str
-    url: str  # template with {file}
+    url: str | None  # template with {file}; None: no download, a copy built locally
     languages: tuple[str, ...]
     splits: tuple[str, ...]
     sha256: dict[str, str] = field(default_factory=dict)
@@ -38,11 +43,17 @@ class CatalogCorpus:
     split_languages: dict[str, tuple[str, ...]] = field(default_factory=dict)  # default: all
     lines: dict[str, int] = field(default_factory=dict)  # split -> lines, files with no sha256
     test_splits: tuple[str, ...] = ()  # what evaluate.py split=all_tests means
+    # Files kept per language pair ({pair} in ``pattern``, e.g. "en-zh"): the pairs there are.
+    pairs: tuple[str, ...] = ()
+    build: str = ""  # a corpus with no url: the command that builds a copy
 
     def languages_of(self, split: str) -> tuple[str, ...]:
         return self.split_languages.get(split, self.languages)
 
-    def filename(self, split: str, lang: str) -> str:
+    def filename(self, split: str, lang: str, other: str | None = None) -> str:
+        """The file of ``lang`` in ``split``. A corpus kept per language pair needs
+        ``other``, the pair's other language; without it only the names are checked
+        (and the pair is ``*`` in the name)."""
         if split not in self.splits:
             raise DataError(f"corpus {self.name!r} has no split {split!r}; "
                             f"valid splits: {', '.join(self.splits)}")
@@ -56,10 +67,23 @@ class CatalogCorpus:
                 f"corpus {self.name!r}: split {split!r} has no language {lang!r}; "
                 f"its languages: {', '.join(self.languages_of(split))}"
             )
-        return self.pattern.format(split=split, lang=lang)
+        return self.pattern.format(split=split, lang=lang, pair=self.pair(lang, other))
+
+    def pair(self, lang: str, other: str | None) -> str:
+        """The directory of the pair ``lang``-``other`` (either order) in a corpus kept per
+        pair; ``*`` without ``other``, "" for a corpus that is not."""
+        if not self.pairs or other is None:
+            return "*" if self.pairs else ""
+        for pair in (f"{lang}-{other}", f"{other}-{lang}"):
+            if pair in self.pairs:
+                return pair
+        raise DataError(f"corpus {self.name!r} has no language pair {lang}-{other}; "
+                        f"its pairs: {', '.join(self.pairs)}")
 
     def expected_lines(self, filename: str) -> int | None:
         """The published line count of a file that has no pinned sha256."""
+        if not self.lines:
+            return None
         for split, n in self.lines.items():
             if any(self.pattern.format(split=split, lang=lang) == filename
                    for lang in self.languages_of(split)):
@@ -108,6 +132,19 @@ CATALOG: dict[str, CatalogCorpus] = {
                 "200a4a74cc9560f051924abb9803be008d1908d77f747e9141aeb86dfd2797f1",
         },
     ),
+    # Software messages from the gettext catalogs of Debian packages (nmt/data/gettext.py,
+    # docs/data.md#gettext-corpora): nothing to download, a copy is built from a machine's
+    # /usr/share/locale. Dev and test hold packages that train never saw.
+    "gettext": CatalogCorpus(
+        name="gettext",
+        url=None,
+        languages=("en", "zh", "ja", "ko", "de"),
+        splits=("train", "dev", "test"),
+        pattern="{pair}/{split}.{lang}.gz",
+        pairs=("en-zh", "en-ja", "en-ko", "en-de"),
+        test_splits=("test",),
+        build="python -m nmt.cli gettext output=DIR",
+    ),
 }
 
 
@@ -147,7 +184,7 @@ def _fetch(corpus: CatalogCorpus, filename: str, cache_dir: str | os.PathLike,
            local_dir: str | os.PathLike | None) -> tuple[Path, str]:
     """``fetch_file``, and the file's sha256."""
     cached = Path(cache_dir) / corpus.name / filename
-    record = cached.with_name(filename + ".sha256")  # unpinned files only
+    record = cached.parent / (cached.name + ".sha256")  # unpinned files only
     if cached.exists():
         return cached, _verified(cached, corpus, filename, record)
 
@@ -156,6 +193,8 @@ def _fetch(corpus: CatalogCorpus, filename: str, cache_dir: str | os.PathLike,
         for candidate in (Path(local_dir) / corpus.name / filename, Path(local_dir) / filename):
             if candidate.exists():
                 return candidate, _verified(candidate, corpus, filename, record)
+    if corpus.url is None:
+        raise DataError(_no_copy(corpus, filename, cached, local_dir))
 
     url = corpus.url.format(file=filename)
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +220,17 @@ def _fetch(corpus: CatalogCorpus, filename: str, cache_dir: str | os.PathLike,
     return cached, checksum
 
 
+def _no_copy(corpus: CatalogCorpus, filename: str, cached: Path,
+             local_dir: str | os.PathLike | None) -> str:
+    """What to do when a corpus with no download has no copy here: one line."""
+    looked = f"{cached}" + (f", {Path(local_dir) / corpus.name / filename}" if local_dir
+                            else f"; ${DATA_DIR_ENV} is not set")
+    return (f"no copy of {corpus.name}/{filename} (looked in {looked}) and corpus "
+            f"{corpus.name!r} has no download: set {DATA_DIR_ENV} (or data.local_dir) to a "
+            f"directory with {corpus.name}/{filename} in it, or build one with "
+            f"`{corpus.build}` and set {DATA_DIR_ENV}=DIR")
+
+
 def _verified(path: Path, corpus: CatalogCorpus, filename: str, record: Path,
               source: str | None = None) -> str:
     """Check one catalog file (``source``: its name in messages); return its sha256."""
@@ -193,6 +243,9 @@ def _verified(path: Path, corpus: CatalogCorpus, filename: str, record: Path,
                 f"{name}: checksum mismatch (sha256 {actual}, expected {pinned}); "
                 "the file is corrupt or not the published version: delete it and fetch it again"
             )
+        return actual
+    if corpus.url is None:  # built locally: no published version to compare with
+        _check_gzip(path, name, "the builder writes gzip: build it again")
         return actual
     if record.is_file():
         recorded = (record.read_text().split() or ["(nothing)"])[0]
@@ -220,16 +273,20 @@ def _verified(path: Path, corpus: CatalogCorpus, filename: str, record: Path,
 
 def _check_lines(path: Path, name: str, expected: int) -> None:
     """A published file with no pinned checksum: gzip, UTF-8, ``expected`` lines."""
-    with open(path, "rb") as f:
-        if f.read(2) != GZIP_MAGIC:
-            raise DataError(f"{name}: not a gzip file, but the published file is gzip "
-                            "compressed: delete it and fetch it again")
+    _check_gzip(path, name, "the published file is gzip compressed: delete it and fetch "
+                "it again")
     n = sum(1 for _ in read_lines(path, allow_empty=True))
     if n != expected:
         raise DataError(
             f"{name}: {n} lines, but the published file has {expected}; it is incomplete "
             "or not the published version: delete it and fetch it again"
         )
+
+
+def _check_gzip(path: Path, name: str, advice: str) -> None:
+    with open(path, "rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            raise DataError(f"{name}: not a gzip file, but {advice}")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -251,7 +308,8 @@ def fetch_split(corpus: str, split: str, src_lang: str, tgt_lang: str,
     entry = get_catalog_corpus(corpus)
     if src_lang == tgt_lang:
         raise DataError(f"source and target language are both {src_lang!r}")
-    src_name, tgt_name = entry.filename(split, src_lang), entry.filename(split, tgt_lang)
+    src_name = entry.filename(split, src_lang, tgt_lang)
+    tgt_name = entry.filename(split, tgt_lang, src_lang)
     src, src_sha = _fetch(entry, src_name, cache_dir, local_dir)
     tgt, tgt_sha = _fetch(entry, tgt_name, cache_dir, local_dir)
     return ParallelFiles(src, tgt, checksum=src_sha + tgt_sha)
