@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from multi30k import split_lines  # noqa: E402
 
-from nmt.core.metrics import corpus_scores  # noqa: E402
+from nmt.core.metrics import Scoring, corpus_scores  # noqa: E402
 from nmt.decoding.options import Decoding  # noqa: E402
 from nmt.export.exporter import export_checkpoint  # noqa: E402
 from nmt.inference.options import resolve_workers, share_threads  # noqa: E402
@@ -115,7 +115,7 @@ def main() -> None:
                     seconds[name, dname] += time.perf_counter() - start
                     outputs[name, dname] = out
     speed = {key: round(len(sources) * args.rounds / s, 1) for key, s in seconds.items()}
-    bleu = {name: corpus_scores(outputs[name, "beam5"], refs, ("bleu",))["bleu"]
+    bleu = {name: corpus_scores(outputs[name, "beam5"], refs, ("bleu",), Scoring("de"))["bleu"]
             for name in names}
 
     def identical(name: str, dname: str) -> float:

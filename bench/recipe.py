@@ -59,11 +59,11 @@ import nmt  # noqa: E402, F401  (first: makes an installed torchvision importabl
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
-from sacrebleu.metrics import BLEU  # noqa: E402
 from sacrebleu.significance import PairedTest, Result  # noqa: E402
 
 from nmt.cli.config import check_overrides  # noqa: E402
 from nmt.core.errors import CheckpointError, ConfigError, DataError, NMTError  # noqa: E402
+from nmt.core.metrics import Scoring  # noqa: E402
 from nmt.data.catalog import fetch_split, get_catalog_corpus  # noqa: E402
 from nmt.data.corpus import read_lines  # noqa: E402
 from nmt.decoding.checkpoints import LAST, atomic_torch_save, load_checkpoint  # noqa: E402
@@ -336,14 +336,14 @@ def lines(path: str) -> list[str]:
     return list(read_lines(path, allow_empty=True))
 
 
-def paired_bootstrap(baseline: list[str], systems: dict[str, list[str]], references: list[str]
-                     ) -> dict[str, dict[str, float | None]]:
+def paired_bootstrap(baseline: list[str], systems: dict[str, list[str]], references: list[str],
+                     tgt_lang: str) -> dict[str, dict[str, float | None]]:
     """sacreBLEU's paired bootstrap of ``systems`` against ``baseline``: name -> BLEU, the
     bootstrap mean, its 95% confidence interval (half-width) and p-value (the baseline's
     is None), under "baseline" and each system's name."""
     named: list[tuple[str, Sequence[str]]] = [("baseline", baseline), *systems.items()]
-    _, scores = PairedTest(named, {"BLEU": BLEU()}, [references], test_type="bs",
-                           n_samples=BOOTSTRAP_SAMPLES)()
+    _, scores = PairedTest(named, {"BLEU": Scoring(tgt_lang).metric("bleu")}, [references],
+                           test_type="bs", n_samples=BOOTSTRAP_SAMPLES)()
     results = next(v for k, v in scores.items() if k != "System")
     out: dict[str, dict[str, float | None]] = {}
     for name, r in zip(scores["System"], results, strict=True):
@@ -450,7 +450,7 @@ def evaluate_runs(args: argparse.Namespace, command: str) -> dict[str, Any]:
         hyps = {name: lines(entries[key][split]["hypotheses"])
                 for name, key in compared.items() if key in entries}
         bootstrap[split] = paired_bootstrap(lines(baseline["hypotheses"]), hyps,
-                                            lines(baseline["reference"]))
+                                            lines(baseline["reference"]), data.tgt_lang)
     result: dict[str, Any] = {"seeds": seeds, "splits": splits,
                               "skipped_splits": list(skipped), "average": str(args.average),
                               "beam_size": args.beam_size}

@@ -38,7 +38,7 @@ from flops import ceiling, counting, sgemm_gflop_per_s  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from multi30k import split_lines  # noqa: E402
 
-from nmt.core.metrics import corpus_scores  # noqa: E402
+from nmt.core.metrics import Scoring, corpus_scores  # noqa: E402
 from nmt.decoding.options import Decoding  # noqa: E402
 from nmt.decoding.shortlist import from_lines  # noqa: E402
 from nmt.inference.options import resolve_workers  # noqa: E402
@@ -105,7 +105,8 @@ def shortlist_result(translator: Translator, sources: list[str], references: lis
             texts[cut], speed = sentences_per_s(translator, sources, 5, batch_tokens,
                                                 shortlist=cut)
             seconds[cut] += len(sources) / speed
-    bleu = {cut: corpus_scores(texts[cut], references, ("bleu",))["bleu"] for cut in texts}
+    bleu = {cut: corpus_scores(texts[cut], references, ("bleu",), Scoring("de"))["bleu"]
+            for cut in texts}
     lengths = np.array([len(ids) + 1 for ids in translator.src_tokenizer.encode(sources)])
     sizes, own = [], []  # the widest sentence's candidates per batch; each sentence's
     for batch in length_batches(lengths, batch_tokens // 5):

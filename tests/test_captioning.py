@@ -317,7 +317,7 @@ def test_training_batches_mix_images_of_every_caption_length(tiny_dm):
 def test_image_model_configs_build_with_their_optimizer_groups(model):
     cfg = compose_train(["task=caption", f"model={model}", "model.pretrained=null",
                          "model.freeze=false", "model.encoder_lr=0.0001"])
-    from nmt.training.train import make_module
+    from nmt.training.builders import make_module
 
     module = make_module(cfg, 1, 20)
     groups = module.parameter_groups()

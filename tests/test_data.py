@@ -407,7 +407,7 @@ def test_tokenizer_vocab_too_large():
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"model_type": "wordpiece"}, "model_type 'wordpiece'; valid choices: unigram, bpe"),
     ({"vocab_size": 3}, "vocab_size must be > 4"),
-    ({"character_coverage": 0}, "character_coverage must be in"),
+    ({"character_coverage": 0}, "character_coverage must be auto or in"),
 ])
 def test_tokenizer_config_errors(kwargs, match):
     with pytest.raises(TokenizerError, match=match):

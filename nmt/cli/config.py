@@ -72,7 +72,8 @@ def _model_schema(encoder: str) -> type:
 
 
 DecodingConfig = _open_copy(Decoding, "DecodingConfig")
-TokenizerSchema = _open_copy(TokenizerConfig, "TokenizerConfig")
+# character_coverage is auto or a number: OmegaConf 2.3 takes no unions.
+TokenizerSchema = _open_copy(TokenizerConfig, "TokenizerConfig", character_coverage=Any)
 # data.files holds {src, tgt} pairs whose paths may be null (an absent test split).
 DataSchema = _open_copy(DataConfig, "DataConfig", files=dict[str, Any])
 CaptionDataSchema = _open_copy(CaptionDataConfig, "CaptionDataConfig",
@@ -105,6 +106,11 @@ class CallbacksConfig:
 
 
 @dataclass
+class MetricsConfig:
+    bleu_tokenize: str | None = None  # sacrebleu's tokenizer; None: its choice for tgt_lang
+
+
+@dataclass
 class ShortlistConfig:
     """The lexical shortlist table every checkpoint carries (nmt/decoding/shortlist.py)."""
 
@@ -126,6 +132,7 @@ class TrainConfig:
     logger: dict[str, Any] = field(default_factory=dict)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shortlist: ShortlistConfig = field(default_factory=ShortlistConfig)
     validation: DecodingConfig = field(  # type: ignore[valid-type]
         default_factory=DecodingConfig)
@@ -136,6 +143,7 @@ class TrainConfig:
     seed: int = 1
     run_dir: str | None = None
     ckpt_path: str | None = None
+    init_from: str | None = None  # fine-tune: a checkpoint's model (nmt.training.finetune)
     test_after_training: bool = True
 
 

@@ -1,18 +1,27 @@
 """Corpus scores with sacrebleu: BLEU, chrF, TER, each with its signature.
 
-Hypotheses and references are detokenized text, as sacrebleu expects. ``bleu_lc``
-is BLEU lowercased with the 13a tokenizer, for comparison with papers that
-report it that way.
+Hypotheses and references are detokenized text, as sacrebleu expects, and sacrebleu is
+told the target language (``Scoring``): BLEU then picks its own tokenizer, ``zh`` for
+Chinese, ``ja-mecab`` for Japanese, ``ko-mecab`` for Korean (the ``ja`` and ``ko`` extras
+install MeCab), ``13a`` for every other language, unless ``bleu_tokenize`` names one.
+``bleu_lc`` is the same BLEU lowercased (papers on European targets report it that way).
+chrF is the same for every language; TER normalizes and treats Asian characters apart
+for Chinese, Japanese and Korean targets (sacrebleu's ``--ter-normalized
+--ter-asian-support``), which it cannot split into words otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from dataclasses import dataclass
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric
+from sacrebleu.metrics.bleu import _TOKENIZERS
+
+from nmt.core.errors import ConfigError
+from nmt.core.languages import CJK, primary
 
 log = logging.getLogger(__name__)
 
@@ -21,40 +30,85 @@ METRICS = ("bleu", "chrf", "ter", "bleu_lc")
 # checkpoints, early stopping, the plateau scheduler and average.py best=N.
 MONITORS = {"val/bleu": "max", "val/chrf": "max", "val/bleu_lc": "max", "val/loss": "min",
             "val/ppl": "min", "val/cider": "max", "val/bleu4": "max", "val/rouge_l": "max"}
+EXTRAS = {"ja-mecab": "ja", "ko-mecab": "ko"}  # BLEU tokenizers that need an extra installed
+LANGUAGE_NAMES = {"ja": "Japanese", "ko": "Korean"}
 
 
-def _metric(name: str) -> Metric:
-    factories: dict[str, Callable[[], Metric]] = {
-        "bleu": BLEU, "chrf": CHRF, "ter": TER,
-        "bleu_lc": lambda: BLEU(lowercase=True, tokenize="13a")}
-    return factories[name]()
+@dataclass(frozen=True)
+class Scoring:
+    """How translations are scored: into ``tgt_lang`` (a BCP-47 tag; None: a language
+    without a tokenizer of its own), BLEU tokenized by ``bleu_tokenize`` when set."""
+
+    tgt_lang: str | None = None
+    bleu_tokenize: str | None = None
+
+    def metric(self, name: str) -> Metric:
+        lang = primary(self.tgt_lang) if self.tgt_lang else ""
+        if name in ("bleu", "bleu_lc"):
+            return self._bleu(lang, lowercase=name == "bleu_lc")
+        if name == "chrf":
+            return CHRF()
+        if name == "ter":
+            return TER(normalized=lang in CJK, asian_support=lang in CJK)
+        raise ValueError(f"unknown metric {name!r}")
+
+    def _bleu(self, lang: str, lowercase: bool) -> BLEU:
+        tokenize = self.bleu_tokenize
+        if tokenize is not None and tokenize not in _TOKENIZERS:
+            raise ConfigError(f"metrics.bleu_tokenize: sacrebleu has no tokenizer "
+                              f"{tokenize!r}; it has {', '.join(_TOKENIZERS)}")
+        try:
+            return BLEU(trg_lang=lang, tokenize=tokenize, lowercase=lowercase)
+        except (RuntimeError, ImportError):  # its tokenizer's extra is not installed
+            chosen = tokenize or _by_language(lang)
+            extra = EXTRAS.get(chosen, lang)
+            raise ConfigError(
+                f"BLEU into {LANGUAGE_NAMES.get(extra, self.tgt_lang)} uses sacrebleu's "
+                f"{chosen} tokenizer, which needs MeCab: pip install -e \".[{extra}]\" "
+                f"(or choose another with metrics.bleu_tokenize=...)") from None
+
+    def scores(self, hypotheses: list[str], references: list[str],
+               metrics: tuple[str, ...] = METRICS) -> dict[str, float | str]:
+        """``{name: score, name_signature: signature}`` for each metric."""
+        if len(hypotheses) != len(references):
+            raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+        out: dict[str, float | str] = {}
+        for name in metrics:
+            metric = self.metric(name)
+            out[name] = round(metric.corpus_score(hypotheses, [references]).score, 4)
+            out[f"{name}_signature"] = str(metric.get_signature())
+        return out
+
+    def signatures(self, metrics: tuple[str, ...] = METRICS) -> dict[str, str]:
+        """``{name_signature: signature}``, as ``scores`` reports them; also what checks,
+        before any work, that every metric can be made (extras installed, names known).
+
+        A signature depends only on the metric's settings and the number of references
+        (one here), but sacrebleu gives it only after a scoring: one of a dummy sentence.
+        """
+        out = {}
+        for name in metrics:
+            metric = self.metric(name)
+            metric.corpus_score(["a"], [["a"]])
+            out[f"{name}_signature"] = str(metric.get_signature())
+        return out
+
+
+def _by_language(lang: str) -> str:
+    return {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}.get(lang, BLEU.TOKENIZER_DEFAULT)
 
 
 def corpus_scores(hypotheses: list[str], references: list[str],
-                  metrics: tuple[str, ...] = METRICS) -> dict[str, float | str]:
-    """``{name: score, name_signature: signature}`` for each metric."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    out: dict[str, float | str] = {}
-    for name in metrics:
-        metric = _metric(name)
-        out[name] = round(metric.corpus_score(hypotheses, [references]).score, 4)
-        out[f"{name}_signature"] = str(metric.get_signature())
-    return out
+                  metrics: tuple[str, ...] = METRICS, scoring: Scoring | None = None
+                  ) -> dict[str, float | str]:
+    """``{name: score, name_signature: signature}`` for each metric (``Scoring.scores``)."""
+    return (scoring or Scoring()).scores(hypotheses, references, metrics)
 
 
-def signatures(metrics: tuple[str, ...] = METRICS) -> dict[str, str]:
-    """``{name_signature: signature}``, as :func:`corpus_scores` reports them.
-
-    A signature depends only on the metric's settings and the number of references
-    (one here), but sacrebleu gives it only after a scoring: one of a dummy sentence.
-    """
-    out = {}
-    for name in metrics:
-        metric = _metric(name)
-        metric.corpus_score(["a"], [["a"]])
-        out[f"{name}_signature"] = str(metric.get_signature())
-    return out
+def signatures(metrics: tuple[str, ...] = METRICS, scoring: Scoring | None = None
+               ) -> dict[str, str]:
+    """``{name_signature: signature}``, as :func:`corpus_scores` reports them."""
+    return (scoring or Scoring()).signatures(metrics)
 
 
 # -- captions: BLEU-1..4, ROUGE-L and CIDEr-D against every reference caption of an image ----

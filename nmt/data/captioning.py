@@ -328,8 +328,8 @@ def caption_tokenizer(cache_dir: Path, captions: list[str], cfg: TokenizerConfig
 
 def prepare_captions(cfg: CaptionDataConfig | Mapping[str, Any],
                      tokenizer_cfg: TokenizerConfig | Mapping[str, Any],
-                     image_size: int) -> PreparedCaptions:
-    """Read, tokenise and cache every split (see the module docstring)."""
+                     image_size: int, tokenizer: Tokenizer | None = None) -> PreparedCaptions:
+    """Read, tokenise (with ``tokenizer`` if given: a checkpoint's) and cache every split."""
     if not isinstance(cfg, CaptionDataConfig):
         cfg = from_dict(CaptionDataConfig, cfg, "data")
     cfg.check()
@@ -339,7 +339,7 @@ def prepare_captions(cfg: CaptionDataConfig | Mapping[str, Any],
     if "train" not in records:
         raise DataError(f"data: the dataset {cfg.name!r} has no training images")
     train_captions = [c for image in records["train"] for c in image.captions]
-    tokenizer = caption_tokenizer(cfg.directory / "spm", train_captions, tokenizer_cfg)
+    tokenizer = tokenizer or caption_tokenizer(cfg.directory / "spm", train_captions, tokenizer_cfg)
     inputs = {split: cache_pixels(images, cfg.directory, image_size)
               for split, images in records.items()}
     encoded = {split: tokenizer.encode([c for image in images for c in image.captions])

@@ -36,12 +36,14 @@ class NMTDataModule(L.LightningDataModule):
     """Train/valid/test dataloaders over token-budget batches.
 
     ``prepare_data`` (run once per machine by Lightning) fills the cache;
-    ``setup`` (every process) loads it.
+    ``setup`` (every process) loads it. ``tokenizers`` (source, target; a checkpoint's,
+    to fine-tune it) encode the data instead of those ``tokenizer`` would train.
     """
 
     def __init__(self, data: Mapping[str, Any], tokenizer: Mapping[str, Any],
                  max_tokens: int = 4096, eval_max_tokens: int | None = None,
-                 num_workers: int = 0, seed: int = 1) -> None:
+                 num_workers: int = 0, seed: int = 1,
+                 tokenizers: tuple[Tokenizer, Tokenizer] | None = None) -> None:
         super().__init__()
         self.data_cfg = data if isinstance(data, DataConfig) else from_dict(DataConfig, data,
                                                                           "data")
@@ -49,6 +51,7 @@ class NMTDataModule(L.LightningDataModule):
                               else from_dict(TokenizerConfig, tokenizer, "tokenizer"))
         self.data_cfg.check()
         self._batching(max_tokens, eval_max_tokens, num_workers, seed)
+        self.tokenizers = tokenizers
         self.prepared: PreparedData | None = None
         self._references: dict[str, list[str]] = {}
 
@@ -91,11 +94,12 @@ class NMTDataModule(L.LightningDataModule):
             warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
 
     def prepare_data(self) -> None:
-        prepare(self.data_cfg, self.tokenizer_cfg, self.seed)
+        prepare(self.data_cfg, self.tokenizer_cfg, self.seed, self.tokenizers)
 
     def setup(self, stage: str | None = None) -> None:
         if self.prepared is None:
-            self.prepared = prepare(self.data_cfg, self.tokenizer_cfg, self.seed)
+            self.prepared = prepare(self.data_cfg, self.tokenizer_cfg, self.seed,
+                                    self.tokenizers)
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -209,13 +213,14 @@ class CaptionDataModule(NMTDataModule):
 
     Batches are of caption tokens (``max_tokens``, padding included); each image
     enters as normalised pixels, or as its cached features once ``use_encoder`` is
-    given a frozen encoder.
+    given a frozen encoder. ``caption_tokenizer`` (a checkpoint's, to fine-tune it)
+    encodes the captions instead of one trained on them.
     """
 
     def __init__(self, data: Mapping[str, Any], tokenizer: Mapping[str, Any],
                  image: ImageSettings, cells: int, max_tokens: int = 1024,
                  eval_max_tokens: int | None = None, num_workers: int = 0,
-                 seed: int = 1) -> None:
+                 seed: int = 1, caption_tokenizer: Tokenizer | None = None) -> None:
         L.LightningDataModule.__init__(self)
         self.caption_cfg = from_dict(CaptionDataConfig, data, "data")
         self.caption_cfg.check()
@@ -224,6 +229,7 @@ class CaptionDataModule(NMTDataModule):
             raise ConfigError("tokenizer.sampling: captioning trains on the captions' fixed "
                               "segmentation; set tokenizer.sampling.enabled=false")
         self._batching(max_tokens, eval_max_tokens, num_workers, seed)
+        self.caption_tokenizer = caption_tokenizer
         self.image = image
         self.collate = CaptionCollate(image, cells)
         self.captions: PreparedCaptions | None = None
@@ -243,7 +249,7 @@ class CaptionDataModule(NMTDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.captions is None:
             self.captions = prepare_captions(self.caption_cfg, self.tokenizer_cfg,
-                                             self.image.size)
+                                             self.image.size, self.caption_tokenizer)
             if self._encoder is not None:
                 self._use_features(self._encoder)
 

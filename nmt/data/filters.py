@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from nmt.core.errors import ConfigError, DataError
+from nmt.core.languages import primary
 
 REASONS = ("empty", "same", "too_long", "bad_ratio", "language", "duplicate")
 KEEP = 0  # the reason code of a kept pair; reason k of REASONS is code k + 1
@@ -159,11 +160,6 @@ class Deduplicator:
 _IDENTIFIERS: dict[str, Any] = {}
 
 
-def language_code(tag: str) -> str:
-    """The ISO 639 code py3langid uses for a BCP-47 tag: its primary subtag ("zh-Hant" -> zh)."""
-    return tag.replace("_", "-").split("-")[0].lower()
-
-
 def _identifier() -> Any:
     if "langid" not in _IDENTIFIERS:
         try:
@@ -179,13 +175,13 @@ def check_languages(src_lang: str, tgt_lang: str) -> None:
     """Fail at start when language identification cannot tell these languages."""
     known = set(_identifier().nb_classes)
     for key, tag in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
-        if language_code(tag) not in known:
+        if primary(tag) not in known:
             raise ConfigError(f"data.clean.langid: py3langid does not know data.{key}={tag}; "
                               f"it knows {', '.join(sorted(known))}")
 
 
 def off_language(texts: list[str], tag: str) -> np.ndarray:
     """Which texts py3langid assigns another language than ``tag`` (bool)."""
-    identifier, code = _identifier(), language_code(tag)
+    identifier, code = _identifier(), primary(tag)
     return np.fromiter((identifier.classify(t)[0] != code for t in texts), dtype=bool,
                        count=len(texts))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nmt.core.errors import ConfigError, DataError
+from nmt.core.languages import check_tag
 from nmt.data.catalog import fetch_split
 from nmt.data.cooccurrence import FILE as COUNTS_FILE
 from nmt.data.cooccurrence import Counts, count_split
@@ -115,6 +116,8 @@ class DataConfig:
         for key in ("name", "src_lang", "tgt_lang"):
             if getattr(self, key) in (None, "", "???"):
                 raise ConfigError(f"data.{key} is not set")
+        check_tag(self.src_lang, "data.src_lang")
+        check_tag(self.tgt_lang, "data.tgt_lang")
         if self.corpus is None and not self.files:
             raise ConfigError("data: set either corpus (a catalog corpus) or files")
         if self.corpora and self.corpus is not None:
@@ -189,16 +192,19 @@ def _key(*parts: Any) -> str:
 
 
 def prepare(data_cfg: DataConfig | Mapping[str, Any],
-            tokenizer_cfg: TokenizerConfig | Mapping[str, Any], seed: int = 1) -> PreparedData:
+            tokenizer_cfg: TokenizerConfig | Mapping[str, Any], seed: int = 1,
+            tokenizers: tuple[Tokenizer, Tokenizer] | None = None) -> PreparedData:
     """Fetch, train tokenizers and encode every split, using the cache where it can;
-    ``seed`` draws the mix of several training corpora."""
+    ``seed`` draws the mix of several training corpora. ``tokenizers`` (source, target;
+    one object for a joint vocabulary; a checkpoint's, to fine-tune it) are used instead
+    of training any."""
     if not isinstance(data_cfg, DataConfig):
         data_cfg = from_dict(DataConfig, data_cfg, "data")
     if not isinstance(tokenizer_cfg, TokenizerConfig):
         tokenizer_cfg = from_dict(TokenizerConfig, tokenizer_cfg, "tokenizer")
     data_cfg.check()
     with _exclusive(Path(data_cfg.root) / data_cfg.name):
-        return _prepare(data_cfg, tokenizer_cfg, seed)
+        return _prepare(data_cfg, tokenizer_cfg, seed, tokenizers)
 
 
 @contextmanager
@@ -214,7 +220,8 @@ def _exclusive(base: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _prepare(data_cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int) -> PreparedData:
+def _prepare(data_cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int,
+             tokenizers: tuple[Tokenizer, Tokenizer] | None = None) -> PreparedData:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -225,7 +232,7 @@ def _prepare(data_cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int) ->
     timings["fetch_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    src_tok, tgt_tok = _tokenizers(data_cfg, tokenizer_cfg, corpora)
+    src_tok, tgt_tok = tokenizers or _tokenizers(data_cfg, tokenizer_cfg, corpora)
     timings["tokenizer_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -247,8 +254,8 @@ def _prepare(data_cfg: DataConfig, tokenizer_cfg: TokenizerConfig, seed: int) ->
         if clean is not None:
             log.info("cleaning %s: %s", name, dataset.clean_report)
     timings["encode_s"] = time.perf_counter() - t0
-    prepared = PreparedData(src_tok, tgt_tok, tokenizer_cfg.joint, files, datasets, timings,
-                            encoded)
+    joint = tokenizer_cfg.joint if tokenizers is None else src_tok is tgt_tok
+    prepared = PreparedData(src_tok, tgt_tok, joint, files, datasets, timings, encoded)
     _training_corpora(prepared, corpora, data_cfg.temperature, seed, workers)
     return prepared
 

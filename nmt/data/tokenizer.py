@@ -3,12 +3,20 @@
 Special ids are fixed for every model we train or load: pad 0, unk 1, bos 2,
 eos 3. A model's bytes (its serialized proto) are all that is needed to rebuild
 it, which is how checkpoints carry their tokenizers.
+
+Text is normalized by SentencePiece's default rule, ``nmt_nfkc``: Unicode NFKC (so
+full-width Latin letters and digits become ASCII, half-width katakana full-width) plus
+its whitespace and control-character rules. ``character_coverage: auto`` (the default)
+is 0.9995, SentencePiece's advice for large alphabets, when Han, kana or Hangul make up
+at least ``LARGE_ALPHABET_SHARE`` of the characters of the first ``PROBE_SENTENCES`` of
+the training sample, and 1.0 otherwise; the model records the value it was trained with.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -26,6 +34,21 @@ log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("unigram", "bpe", "char", "word")
 MAX_NBEST = 512  # as SentencePiece's own sampler allows
+AUTO = "auto"
+LARGE_ALPHABET_COVERAGE = 0.9995
+LARGE_ALPHABET_SHARE = 0.05  # of the probed characters, spaces not counted
+PROBE_SENTENCES = 100_000
+# Han (with extensions and compatibility ideographs), kana, Hangul (syllables and jamo).
+_LARGE_ALPHABETS = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf"
+                              "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f"
+                              "\U00020000-\U0003134f]")
+
+
+def auto_coverage(sentences: list[str]) -> float:
+    """``character_coverage`` for ``auto``: see the module docstring."""
+    chars = sum(len(s) - s.count(" ") for s in sentences)
+    large = sum(len(_LARGE_ALPHABETS.findall(s)) for s in sentences)
+    return LARGE_ALPHABET_COVERAGE if chars and large / chars >= LARGE_ALPHABET_SHARE else 1.0
 
 
 class Tokenizer:
@@ -63,6 +86,16 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
+
+    @property
+    def character_coverage(self) -> float | None:
+        """The character coverage the model was trained with (None: not recorded)."""
+        from sentencepiece import sentencepiece_model_pb2  # needs protobuf: only here
+
+        proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
+        proto.ParseFromString(self.model_proto)
+        spec = proto.trainer_spec
+        return round(spec.character_coverage, 6) if spec.HasField("character_coverage") else None
 
     @property
     def digest(self) -> str:
@@ -133,7 +166,7 @@ class TokenizerConfig:
     joint: bool = True
     vocab_size: int = 8000
     model_type: str = "unigram"
-    character_coverage: float = 1.0
+    character_coverage: float | str = AUTO  # or a share of characters in (0, 1]
     input_sentence_size: int = 1_000_000  # sentences sampled for training; 0 = all
     seed: int = 1
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -148,10 +181,10 @@ class TokenizerConfig:
             )
         if self.vocab_size <= EOS_ID + 1:
             raise TokenizerError(f"tokenizer vocab_size must be > 4, got {self.vocab_size}")
-        if not 0 < self.character_coverage <= 1:
-            raise TokenizerError(
-                f"tokenizer character_coverage must be in (0, 1], got {self.character_coverage}"
-            )
+        coverage = self.character_coverage
+        if coverage != AUTO and (isinstance(coverage, bool | str) or not 0 < coverage <= 1):
+            raise TokenizerError(f"tokenizer character_coverage must be auto or in (0, 1], "
+                                 f"got {coverage!r}")
         if self.input_sentence_size < 0:
             raise TokenizerError("tokenizer input_sentence_size must be >= 0")
         if self.sampling.enabled and self.model_type != "unigram":
@@ -178,6 +211,12 @@ def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig) -> Token
     """Train one SentencePiece model on the given sentences (empty ones are skipped)."""
     writer = io.BytesIO()
     count = 0
+    sentences, coverage = iter(sentences), cfg.character_coverage
+    if coverage == AUTO:
+        head = list(itertools.islice(sentences, PROBE_SENTENCES))
+        coverage = auto_coverage(head)
+        log.info("tokenizer character_coverage auto: %s", coverage)
+        sentences = itertools.chain(head, sentences)
 
     def nonempty() -> Iterator[str]:
         nonlocal count
@@ -193,7 +232,7 @@ def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig) -> Token
             model_writer=writer,
             vocab_size=cfg.vocab_size,
             model_type=cfg.model_type,
-            character_coverage=cfg.character_coverage,
+            character_coverage=coverage,
             input_sentence_size=cfg.input_sentence_size,
             shuffle_input_sentence=True,
             seed_sentencepiece_size=1_000_000,
@@ -204,6 +243,13 @@ def train_sentencepiece(sentences: Iterable[str], cfg: TokenizerConfig) -> Token
         )
     except RuntimeError as e:
         msg = str(e)
+        needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
+        if needed:  # the characters to cover outnumber the pieces (a large alphabet)
+            raise TokenizerError(
+                f"tokenizer vocab_size={cfg.vocab_size} is too small for the "
+                f"{needed.group(1)} characters this training data needs at "
+                f"character_coverage={coverage}; raise tokenizer.vocab_size above "
+                f"{needed.group(1)} or lower tokenizer.character_coverage") from None
         limit = re.search(r"value <= (\d+)", msg)
         if "Vocabulary size" in msg:
             raise VocabularyTooLarge(int(limit.group(1)) if limit else None,

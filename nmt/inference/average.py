@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # What the average keeps of the newest checkpoint besides the weights: what the tools read.
 KEPT = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name",
-        "hyper_parameters", "model_record", "tokenizers", "shortlist")
+        "hyper_parameters", "model_record", "tokenizers", "shortlist", "languages")
 
 
 # -- choosing the checkpoints of a run -------------------------------------------------------

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from nmt.core.errors import ConfigError, DataError
-from nmt.core.metrics import corpus_scores
+from nmt.core.languages import primary
+from nmt.core.metrics import Scoring
 from nmt.data.catalog import fetch_split, get_catalog_corpus
 from nmt.data.corpus import ParallelFiles, read_lines
 from nmt.decoding.options import Decoding
@@ -113,6 +114,8 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     models = [checkpoints] if cfg.get("ensemble", False) else [[c] for c in checkpoints]
     for members in models:
         translator = Translator.from_checkpoint(members, device, cfg.max_src_len, workers)
+        scoring = scoring_for(cfg, translator)
+        scoring.signatures()  # a missing extra fails now, not after translating
         ckpt = "+".join(members)
         stem = "+".join(Path(m).stem for m in members)
         for name, files in sets.items():
@@ -127,7 +130,7 @@ def run(cfg: Any) -> list[dict[str, Any]]:
             hyps = list(read_lines(hyp_path, allow_empty=True)) if n else []
             entry = {"checkpoint": str(ckpt), "test_set": name, "source": str(files.src),
                      "reference": str(files.tgt), "hypotheses": str(hyp_path),
-                     "sentences": n, **corpus_scores(hyps, refs),
+                     "sentences": n, **scoring.scores(hyps, refs),
                      "decoding": dataclasses.asdict(decoding),
                      "wall_s": round(wall, 3), "sentences_per_s": round(n / wall, 2)}
             report.append(entry)
@@ -138,6 +141,19 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     for key in ("bleu_signature", "chrf_signature", "ter_signature"):
         print(f"{key.split('_')[0].upper()}: {report[0][key]}")
     return report
+
+
+def scoring_for(cfg: Any, translator: Translator) -> Scoring:
+    """Scores into the checkpoint's target language (data.tgt_lang for a checkpoint that
+    records none); a test split of data in another target language is refused."""
+    recorded = (translator.languages or {}).get("tgt")
+    if recorded and not (cfg.src or cfg.ref) and primary(recorded) != primary(
+            cfg.data.tgt_lang):
+        raise ConfigError(f"{translator.origin} translates into {recorded}, but "
+                          f"data.tgt_lang={cfg.data.tgt_lang}: choose the data it was "
+                          f"trained for (data=...)")
+    tgt = recorded if recorded and (cfg.src or cfg.ref) else cfg.data.tgt_lang
+    return Scoring(tgt, cfg.metrics.get("bleu_tokenize") if "metrics" in cfg else None)
 
 
 def _evaluate_captions(cfg: Any, checkpoints: list[str], decoding: Decoding

@@ -118,6 +118,7 @@ class Translator:
         self.workers = workers if self.device.type == "cpu" else 1
         self.shortlist: Shortlist | None = None  # decoding.shortlist's table
         self.origin = "this model"  # what errors name
+        self.languages: dict[str, str] | None = None  # the checkpoint's {"src", "tgt"} tags
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | Sequence[str | os.PathLike],
@@ -160,6 +161,7 @@ class Translator:
             translator.shortlist = Shortlist.from_state(
                 ckpts[0]["shortlist"], src.vocab_size, tgt.vocab_size, paths[0]).to(device)
         translator.origin = paths[0]
+        translator.languages = ckpts[0].get("languages")
         return translator
 
     # -- translation ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from nmt.core.errors import ConfigError
-from nmt.core.metrics import corpus_scores
+from nmt.core.metrics import Scoring, corpus_scores
 from nmt.core.tokens import PAD_ID
 from nmt.data.dataset import Batch
 from nmt.data.tokenizer import Tokenizer
@@ -71,6 +71,7 @@ class TranslationModule(L.LightningModule):
         self.src_spm: bytes | None = None
         self.tgt_spm: bytes | None = None
         self.shortlist: dict[str, torch.Tensor] | None = None  # nmt/decoding/shortlist.py's table
+        self.languages: dict[str, str] | None = None  # {"src": tag, "tgt": tag} of the data
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
         self._val_sums = torch.zeros(3)  # loss, nll, tokens
         self._partial_noted = False
@@ -93,6 +94,8 @@ class TranslationModule(L.LightningModule):
         checkpoint["tokenizers"] = {"src": self.src_spm, "tgt": self.tgt_spm}
         if self.shortlist is not None:
             checkpoint["shortlist"] = self.shortlist
+        if self.languages is not None:  # how evaluate.py scores it (nmt/core/metrics.py)
+            checkpoint["languages"] = self.languages
         checkpoint["model_record"] = model_record(self.model)  # rebuilt with no config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -100,6 +103,7 @@ class TranslationModule(L.LightningModule):
         tokenizers = checkpoint.get("tokenizers") or {}
         self.src_spm, self.tgt_spm = tokenizers.get("src"), tokenizers.get("tgt")
         self.shortlist = checkpoint.get("shortlist")
+        self.languages = checkpoint.get("languages")
 
     # -- training ------------------------------------------------------------------------
 
@@ -226,9 +230,11 @@ class TranslationModule(L.LightningModule):
 Scorer = Callable[[list[str], list[Any]], dict[str, float]]
 
 
-def translation_scores(hypotheses: list[str], references: list[Any]) -> dict[str, float]:
-    """BLEU, chrF and lowercased BLEU (EVAL_METRICS) of translations, one reference each."""
-    scores = corpus_scores(hypotheses, references, EVAL_METRICS)
+def translation_scores(hypotheses: list[str], references: list[Any],
+                       scoring: Scoring | None = None) -> dict[str, float]:
+    """BLEU, chrF and lowercased BLEU (EVAL_METRICS) of translations, one reference each,
+    as ``scoring`` says (the target language: nmt/core/metrics.py)."""
+    scores = corpus_scores(hypotheses, references, EVAL_METRICS, scoring)
     return {name: float(scores[name]) for name in EVAL_METRICS}
 
 

@@ -31,15 +31,14 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.core.errors import CheckpointError, ConfigError
-from nmt.core.metrics import MONITORS, caption_scores, signatures
-from nmt.data.captioning import ImageSettings
-from nmt.data.datamodule import CaptionDataModule, NMTDataModule
+from nmt.core.metrics import MONITORS
+from nmt.data.datamodule import NMTDataModule
 from nmt.decoding.checkpoints import BEST, LAST, RECENT, load_checkpoint
-from nmt.decoding.shortlist import from_counts as shortlist_table
-from nmt.model.image_encoder import ImageEncoder
 from nmt.training.allocator import keep_freed_memory
+from nmt.training.builders import build_captioning, build_translation, plain, scoring_of
 from nmt.training.callbacks import PreciseBatchNorm, Throughput, TimedSchedule
 from nmt.training.checkpointing import AtomicCheckpointIO, ResumableCheckpoint
+from nmt.training.finetune import InitFrom, check_resume, start_from
 from nmt.training.loggers import ContinuedCSVLogger, read_rows
 from nmt.training.module import EVAL_METRICS, TranslationModule
 from nmt.training.optim import check_optim, follows_metric
@@ -52,12 +51,6 @@ TRAINER_KEYS = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
 # Set here from the rest of the config; not to be given in conf/trainer.
 MANAGED_TRAINER_KEYS = {"callbacks", "logger", "default_root_dir", "use_distributed_sampler",
                         "plugins"}
-
-
-def plain(cfg: DictConfig | dict) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -134,9 +127,12 @@ def validation_runs(trainer_cfg: dict[str, Any]) -> bool:
     return trainer_cfg.get("limit_val_batches") not in (0, 0.0)
 
 
-def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
-          ) -> tuple[NMTDataModule, TranslationModule, L.Trainer]:
-    """Check the config, prepare the data, and build the data module, model and trainer."""
+def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None,
+          init: InitFrom | None = None) -> tuple[NMTDataModule, TranslationModule, L.Trainer]:
+    """Check the config, prepare the data, and build the data module, model and trainer;
+    ``init``: cfg.init_from's model, with cfg already made to fit it (start_from)."""
+    if init is None and cfg.get("init_from"):
+        cfg, init = start_from(cfg)
     keep_freed_memory()  # a step's large buffers are reused, not mapped anew each step
     trainer_cfg = plain(cfg.trainer)
     check_trainer(trainer_cfg)
@@ -144,7 +140,7 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
         raise ConfigError(f"task: unknown task {cfg.task!r}; valid choices: {', '.join(TASKS)}")
     check_optim(plain(cfg.optim), time_limit=cfg.trainer.get("max_time") is not None)
     builder = build_captioning if cfg.task == "caption" else build_translation
-    dm, module = builder(cfg)
+    dm, module = builder(cfg, init)
     trainer_cfg = dm.trainer_settings(trainer_cfg)
     loggers = make_loggers(cfg, run_dir, resume)
     callbacks = make_callbacks(cfg, run_dir, trainer_cfg, module)
@@ -155,62 +151,6 @@ def build(cfg: DictConfig, run_dir: Path, resume: Resume | None = None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"trainer: {e}") from None
     return dm, module, trainer
-
-
-def make_module(cfg: DictConfig, src_vocab_size: int, tgt_vocab_size: int, **kwargs: Any
-                ) -> TranslationModule:
-    return TranslationModule(src_vocab_size, tgt_vocab_size, plain(cfg.model), plain(cfg.optim),
-                             cfg.loss.label_smoothing, plain(cfg.validation),
-                             plain(cfg.test_decoding), cfg.loss.doubly_stochastic, **kwargs)
-
-
-def build_translation(cfg: DictConfig) -> tuple[NMTDataModule, TranslationModule]:
-    if cfg.model.get("encoder") == "image":
-        raise ConfigError("model: an image encoder translates no text; use task=caption, "
-                          "or a text model (model=lstm)")
-    if cfg.model.get("tie_src_tgt") and not cfg.tokenizer.joint:
-        raise ConfigError("model.tie_src_tgt=true needs a joint vocabulary (tokenizer=spm_joint)")
-    # Build the module once with a dummy vocabulary: every model/optim error shows up
-    # now, before any data is touched.
-    make_module(cfg, 8, 8)
-    dm = NMTDataModule(plain(cfg.data), plain(cfg.tokenizer),
-                       max_tokens=cfg.batching.max_tokens,
-                       eval_max_tokens=cfg.batching.eval_max_tokens,
-                       num_workers=cfg.batching.num_workers, seed=cfg.seed)
-    dm.setup("fit")  # fetch, tokenizers, encoding: cached after the first run
-    prepared = dm.prepared
-    assert prepared is not None
-    module = make_module(cfg, prepared.src_tokenizer.vocab_size,
-                         prepared.tgt_tokenizer.vocab_size, references=dm.references)
-    module.set_tokenizers(prepared.src_tokenizer, prepared.tgt_tokenizer)
-    if cfg.shortlist.enabled:  # decoding.shortlist's table, of the counts prepare cached
-        module.shortlist = shortlist_table(prepared.counts(), cfg.shortlist.per_source,
-                                           cfg.shortlist.frequent).state()
-    return dm, module
-
-
-def build_captioning(cfg: DictConfig) -> tuple[CaptionDataModule, TranslationModule]:
-    """An image encoder's model over images and captions: the same module and decoder."""
-    if cfg.model.get("encoder") != "image":
-        raise ConfigError(f"task=caption needs an image encoder (model=show_attend_tell or "
-                          f"show_attend_tell_resnet), not model.encoder={cfg.model.get('encoder')}")
-    probe = make_module(cfg, 1, 8).model.encoder  # errors before data; the grid's size
-    assert isinstance(probe, ImageEncoder)
-    settings = ImageSettings.of(plain(cfg.model))
-    rows, cols = probe.grid_shape(settings.size)
-    dm = CaptionDataModule(plain(cfg.data), plain(cfg.tokenizer), settings, rows * cols,
-                           max_tokens=cfg.batching.max_tokens,
-                           eval_max_tokens=cfg.batching.eval_max_tokens,
-                           num_workers=cfg.batching.num_workers, seed=cfg.seed)
-    dm.setup("fit")
-    module = make_module(cfg, 1, dm.tokenizer.vocab_size, references=dm.references,
-                         scorer=caption_scores)
-    encoder = module.model.encoder
-    assert isinstance(encoder, ImageEncoder)
-    if encoder.frozen:
-        dm.use_encoder(encoder)  # features computed once, cached on disk
-    module.set_tokenizers(None, dm.tokenizer)
-    return dm, module
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> list[Any]:
@@ -313,10 +253,13 @@ def validation_history(run_dir: Path) -> list[dict[str, float]]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume) as configured; return the final validation and test metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    cfg, init = start_from(cfg)  # init_from: the checkpoint's architecture and tokenizers
     resume = resolve_ckpt_path(cfg.ckpt_path, cfg.name, cfg.run_dir)
+    if init is not None and resume is not None:
+        check_resume(init, resume.path)
     run_dir = run_dir_of(cfg)
     prepare_run_dir(run_dir, OmegaConf.to_yaml(cfg, resolve=True))
-    dm, module, trainer = build(cfg, run_dir, resume)
+    dm, module, trainer = build(cfg, run_dir, resume, init)
     trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -332,9 +275,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         # The sacrebleu signatures of the last scores: the test's if it ran, else validation's.
         prefix = "test" if "test/bleu" in metrics else "val"
-        signed = {f"{prefix}/{k}": v for k, v in signatures(EVAL_METRICS).items()
-                  if f"{prefix}/bleu" in metrics and cfg.task == "translate"}
-        summary = {"run_dir": str(run_dir), "best_checkpoint": best, **metrics, **signed,
+        signed = ({f"{prefix}/{k}": v for k, v in scoring_of(cfg).signatures(EVAL_METRICS).items()}
+                  if f"{prefix}/bleu" in metrics and cfg.task == "translate" else {})
+        summary = {"run_dir": str(run_dir), "init_from": cfg.get("init_from"),
+                   "best_checkpoint": best, **metrics, **signed,
                    "test_decoding": plain(cfg.test_decoding),
                    "validations": validation_history(run_dir)}
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
