@@ -129,11 +129,13 @@ def _log_to_stderr() -> None:
 
 @report_errors
 def translate(cfg: DictConfig) -> dict[str, int]:
-    """Translate files or stdin with a checkpoint (conf/translate.yaml)."""
+    """Translate files or stdin with a checkpoint (conf/translate.yaml); on a terminal
+    (or with interactive=true), each line as it is entered."""
     _log_to_stderr()
+    from nmt.inference import interactive
     from nmt.inference.translate import run
 
-    return run(cfg)
+    return interactive.run(cfg) if interactive.wanted(cfg) else run(cfg)
 
 
 @report_errors
@@ -184,6 +186,18 @@ def shortlist(cfg: DictConfig) -> dict[str, Any]:
     """Add a lexical shortlist table to a checkpoint (conf/shortlist.yaml); print a JSON
     summary."""
     from nmt.decoding.shortlist import run
+
+    return _print_summary(run, cfg)
+
+
+@report_errors
+def curves(cfg: DictConfig) -> dict[str, Any]:
+    """Overlay the training curves of runs in one figure (conf/curves.yaml)."""
+    from nmt.training.curves import plot_runs
+
+    def run(cfg: DictConfig) -> dict[str, Any]:
+        runs = [cfg.runs] if isinstance(cfg.runs, str) else [str(r) for r in cfg.runs]
+        return {"runs": runs, "output": str(plot_runs(runs, cfg.output))}
 
     return _print_summary(run, cfg)
 
@@ -243,6 +257,10 @@ def shortlist_main() -> None:
     run_hydra("shortlist", shortlist)
 
 
+def curves_main() -> None:
+    run_hydra("curves", curves)
+
+
 def gettext_main() -> None:
     run_hydra("gettext", gettext)
 
@@ -250,7 +268,7 @@ def gettext_main() -> None:
 COMMANDS = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
             "evaluate": evaluate_main, "caption": caption_main, "average": average_main,
             "export": export_main, "serve": serve_main, "shortlist": shortlist_main,
-            "gettext": gettext_main}
+            "gettext": gettext_main, "curves": curves_main}
 
 
 def main() -> None:

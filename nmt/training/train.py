@@ -38,6 +38,7 @@ from nmt.training.allocator import keep_freed_memory
 from nmt.training.builders import build_captioning, build_translation, plain, scoring_of
 from nmt.training.callbacks import PreciseBatchNorm, Throughput, TimedSchedule
 from nmt.training.checkpointing import AtomicCheckpointIO, ResumableCheckpoint
+from nmt.training.curves import Curves
 from nmt.training.finetune import InitFrom, check_resume, start_from
 from nmt.training.loggers import ContinuedCSVLogger, read_rows
 from nmt.training.module import EVAL_METRICS, TranslationModule
@@ -195,7 +196,7 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
     except ValueError as e:
         raise ConfigError(str(e)) from None
     callbacks: list[L.Callback] = [LearningRateMonitor(logging_interval="step"), Throughput(),
-                                   TimedSchedule()]
+                                   TimedSchedule(), Curves(run_dir)]
     if cfg.task == "caption":  # a CNN's BatchNorm statistics, recomputed for validation
         callbacks.append(PreciseBatchNorm())
     module.monitor = (cb.monitor, MONITORS[cb.monitor])
