@@ -206,6 +206,18 @@ def test_caption_cli_writes_a_tsv_skips_bad_files_and_plots_attention(trained, t
             assert image.format == "PNG" and min(image.size) >= 100, (plot, image.size)
 
 
+def test_caption_cli_prints_the_caption_of_one_image(trained, tmp_path):
+    png = sorted((trained[1] / "shapes" / "generated" / "images").glob("test_*.png"))[0]
+    with Image.open(png) as image:
+        image.convert("RGB").save(tmp_path / "photo.jpg")
+    done = run_cli("caption.py", f"checkpoint={trained[0]}", "images=photo.jpg",
+                   "progress=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [expected] = Captioner.from_checkpoint(trained[0]).caption_files(
+        [str(tmp_path / "photo.jpg")], Decoding(beam_size=3, max_len=30))
+    assert done.stdout == f"photo.jpg\t{expected.text}\n"
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["checkpoint=missing.ckpt", "images=."], "error: missing.ckpt: checkpoint not found"),
     (["images=nowhere"], "error: nowhere: no such image file or folder"),

@@ -7,7 +7,8 @@ the output is in Moses n-best format, ``n_best`` lines per input line:
 
 ``mode=score`` reads a reference file beside each input and writes, per line pair, the
 model's log-probability of the reference (see ``score_file``); a list of checkpoints
-translates or scores with their ensemble (nmt/decoding/ensemble.py).
+translates or scores with their ensemble (nmt/decoding/ensemble.py). On a terminal, one
+line at a time: nmt/inference/interactive.py.
 """
 
 from __future__ import annotations
@@ -107,6 +108,17 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 MODES = ("translate", "score")
 
 
+def load_translator(cfg: Any) -> tuple[Translator, Decoding]:
+    """The config's checkpoint(s) on its device, its worker threads set, and its decoding
+    settings (checked before the model is loaded)."""
+    decoding = Decoding.from_dict(dict(cfg.decoding))
+    device = resolve_device(cfg.device)
+    workers = resolve_workers(cfg.workers, device, decoding.sampling)
+    share_threads(workers)
+    translator = Translator.from_checkpoint(cfg.checkpoint, device, cfg.max_src_len, workers)
+    return translator, decoding
+
+
 def run(cfg: Any) -> dict[str, int]:
     """Translate (or, with mode=score, score against references) every input of the
     config; return lines done per input."""
@@ -130,11 +142,10 @@ def run(cfg: Any) -> dict[str, int]:
     for inp in inputs + references:
         if inp != "-" and not Path(inp).is_file():
             raise DataError(f"{inp}: input file not found")
-    decoding = Decoding.from_dict(dict(cfg.decoding))
-    device = resolve_device(cfg.device)
-    workers = resolve_workers(cfg.workers, device, decoding.sampling)
-    share_threads(workers)
-    translator = Translator.from_checkpoint(cfg.checkpoint, device, cfg.max_src_len, workers)
+    if cfg.get("show_pieces"):
+        raise ConfigError("show_pieces=true is for interactive translation: a terminal on "
+                          "stdin, or interactive=true (input=- output=-)")
+    translator, decoding = load_translator(cfg)
     counts = {}
     if mode == "score":
         for inp, ref, out in zip(inputs, references, outputs, strict=True):
