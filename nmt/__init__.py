@@ -3,12 +3,13 @@
 import os
 
 from nmt.core import __version__
+from nmt.data.workers import WORKER_ENV  # numpy-free, torch-free: a worker imports it too
 
 __all__ = ["__version__"]
 
 # A preparation worker (nmt/data/workers.py) needs numpy and sentencepiece only: it skips
 # what follows, which imports torch and torchvision (seconds of start-up per worker).
-if os.environ.get("NMT_DATA_WORKER") != "1":
+if os.environ.get(WORKER_ENV) != "1":
     # An installed torchvision whose compiled ops do not fit this torch (a wheel built for
     # another torch) breaks lightning's import, which imports torchvision when it is there:
     # nmt.model.backbones imports it with placeholders for those ops, first.

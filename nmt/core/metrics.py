@@ -86,12 +86,8 @@ class Scoring:
         A signature depends only on the metric's settings and the number of references
         (one here), but sacrebleu gives it only after a scoring: one of a dummy sentence.
         """
-        out = {}
-        for name in metrics:
-            metric = self.metric(name)
-            metric.corpus_score(["a"], [["a"]])
-            out[f"{name}_signature"] = str(metric.get_signature())
-        return out
+        scored = self.scores(["a"], ["a"], metrics)
+        return {k: str(v) for k, v in scored.items() if k.endswith("_signature")}
 
 
 def _by_language(lang: str) -> str:
