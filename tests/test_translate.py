@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from train_helpers import ROOT, train_toy_model
 
 from nmt.core.errors import CheckpointError, ConfigError
+from nmt.data.test_sets import split_names
 from nmt.decoding.checkpoints import load_checkpoint
 from nmt.decoding.options import Decoding
-from nmt.inference.evaluate import split_names
 from nmt.inference.translate import format_translation, translate_file
 from nmt.inference.translator import Translator, length_batches
 

@@ -203,6 +203,15 @@ def curves(cfg: DictConfig) -> dict[str, Any]:
 
 
 @report_errors
+def gradients(cfg: DictConfig) -> dict[str, Any]:
+    """The gradient at each encoder state of checkpoints (conf/gradients.yaml); print a JSON
+    summary."""
+    from nmt.training.gradient_report import run
+
+    return _print_summary(run, cfg)
+
+
+@report_errors
 def gettext(cfg: DictConfig) -> dict[str, Any]:
     """Build the gettext corpora from a machine's catalogs (conf/gettext.yaml); print a JSON
     summary."""
@@ -261,6 +270,10 @@ def curves_main() -> None:
     run_hydra("curves", curves)
 
 
+def gradients_main() -> None:
+    run_hydra("gradients", gradients)
+
+
 def gettext_main() -> None:
     run_hydra("gettext", gettext)
 
@@ -268,7 +281,8 @@ def gettext_main() -> None:
 COMMANDS = {"prepare": prepare_main, "train": train_main, "translate": translate_main,
             "evaluate": evaluate_main, "caption": caption_main, "average": average_main,
             "export": export_main, "serve": serve_main, "shortlist": shortlist_main,
-            "gettext": gettext_main, "curves": curves_main}
+            "gettext": gettext_main, "curves": curves_main,
+            "gradients": gradients_main}
 
 
 def main() -> None:

@@ -94,6 +94,14 @@ class LossConfig:
 
 
 @dataclass
+class GradientFlowConfig:
+    """nmt/training/gradients.py: off unless every_n_steps is set."""
+
+    every_n_steps: int | None = None
+    sentences: int = 64
+
+
+@dataclass
 class CallbacksConfig:
     monitor: str = "val/bleu"
     early_stopping_patience: int | None = 8
@@ -102,6 +110,7 @@ class CallbacksConfig:
     every_n_minutes: float | None = 10.0
     every_n_train_steps: int | None = None
     slurm_auto_requeue: bool = True
+    gradient_flow: GradientFlowConfig = field(default_factory=GradientFlowConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -98,7 +98,12 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         """src (B, S), src_lengths (B,) -> EncoderOutput."""
-        memory, mask, final = self.encoder(src, src_lengths)  # (B, S, M), (B, S)
+        return self.encoder_output(*self.encoder(src, src_lengths))
+
+    def encoder_output(self, memory: torch.Tensor, mask: torch.Tensor, final: State
+                       ) -> EncoderOutput:
+        """An encoder's three outputs (memory (B, S, M), mask (B, S), final) ->
+        EncoderOutput, the attention keys projected once."""
         return EncoderOutput(memory, self.decoder.project_keys(memory), mask, final)
 
     def init_state(self, enc: EncoderOutput) -> DecoderState:
@@ -156,6 +161,12 @@ class Seq2Seq(nn.Module):
         enc = self.encode(src, src_lengths)
         if src_index is not None:
             enc = self.reorder_encoder(enc, src_index)
+        return self.teacher_forced(enc, tgt_in)
+
+    def teacher_forced(self, enc: EncoderOutput, tgt_in: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder side of teacher forcing: logits (B, T, V) and attention (B, T, S)
+        or None for target inputs (B, T) given an encoded batch."""
         emb = self.emb_dropout(self.tgt_embed(tgt_in))  # (B, T, E)
         out, attn = self.decoder(emb, self.init_state(enc), enc.keys, enc.memory, enc.mask)
         return self.logits(out), attn  # one output matmul for all positions

@@ -58,16 +58,22 @@ def in_minutes(curves: dict[str, Curve], steps: np.ndarray) -> np.ndarray | None
 def labels(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's label: the config values in which the runs differ (model first), else
     the run directory's name."""
-    flat = []
+    configs = []
     for run in run_dirs:
         path = run / "config.yaml"
-        config = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
-        flat.append(_flatten(config))
+        configs.append(OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {})
+    return differences(configs, [run.name for run in run_dirs])
+
+
+def differences(configs: Sequence[Any], names: Sequence[str]) -> list[str]:
+    """Labels for several configs (nested dicts): the values in which they differ (model
+    first, at most three), else ``names``."""
+    flat = [_flatten(config) for config in configs]
     keys = sorted({k for f in flat for k in f}, key=lambda k: (not k.startswith("model."), k))
     differing = [k for k in keys if k not in ("run_dir", "name", "ckpt_path")
                  and len({str(f.get(k)) for f in flat}) > 1]
-    if len(run_dirs) < 2 or not differing:
-        return [run.name for run in run_dirs]
+    if len(configs) < 2 or not differing:
+        return list(names)
     return [", ".join(f"{k}={f.get(k)}" for k in differing[:3]) for f in flat]
 
 

@@ -40,6 +40,7 @@ from nmt.training.callbacks import PreciseBatchNorm, Throughput, TimedSchedule
 from nmt.training.checkpointing import AtomicCheckpointIO, ResumableCheckpoint
 from nmt.training.curves import Curves
 from nmt.training.finetune import InitFrom, check_resume, start_from
+from nmt.training.gradients import GradientFlow
 from nmt.training.loggers import ContinuedCSVLogger, read_rows
 from nmt.training.module import EVAL_METRICS, TranslationModule
 from nmt.training.optim import check_optim, follows_metric
@@ -199,6 +200,9 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, trainer_cfg: dict[str, Any],
                                    TimedSchedule(), Curves(run_dir)]
     if cfg.task == "caption":  # a CNN's BatchNorm statistics, recomputed for validation
         callbacks.append(PreciseBatchNorm())
+    if cb.gradient_flow.every_n_steps is not None:
+        callbacks.append(GradientFlow(run_dir, cb.gradient_flow.every_n_steps,
+                                      cb.gradient_flow.sentences))
     module.monitor = (cb.monitor, MONITORS[cb.monitor])
     if validation_runs(trainer_cfg):
         log.info("best checkpoint%s: by %s (%s)", "" if cb.early_stopping_patience is None
