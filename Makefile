@@ -21,7 +21,7 @@ DEMO_DIR ?= runs/demo
 CAPTION_ARGS ?= trainer.max_time=00:00:12:00
 CAPTION_DIR ?= runs/demo-caption
 
-.PHONY: install demo demo-caption test test-fast lint typecheck layers browser bench-data bench-train bench-translate
+.PHONY: install demo demo-caption test test-fast lint typecheck layers browser notebook bench-data bench-train bench-translate
 
 install: $(VENV)/.installed
 
@@ -74,6 +74,11 @@ test: lint typecheck layers browser
 
 test-fast: install
 	$(PY) -m pytest $(XDIST)
+
+# The tour with its outputs (notebooks/tour.ipynb) from its text, notebooks/tour.py: after
+# editing the text (tests/test_notebook.py checks that the two have the same cells).
+notebook: install
+	$(PY) notebooks/render.py
 
 bench-data: install
 	$(PY) bench/data.py

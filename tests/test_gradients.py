@@ -17,6 +17,7 @@ from train_helpers import ROOT, compose_train, toy_overrides
 from nmt.model import build_model
 from nmt.model.probe import layer_gradient_norms, layer_name, state_gradients, stepped_encoder
 from nmt.training.gradients import summarize
+from nmt.training.loggers import read_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -145,7 +146,7 @@ def probed_runs(toy_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gradients")
     return (toy_run(toy_dir, tmp, "plain"),
             toy_run(toy_dir, tmp, "probed", "callbacks.gradient_flow.every_n_steps=2",
-                    "callbacks.gradient_flow.sentences=16"))
+                    "callbacks.gradient_flow.sentences=16", "trainer.log_every_n_steps=7"))
 
 
 def test_the_callback_logs_layers_and_profiles_without_changing_training(probed_runs):
@@ -157,8 +158,11 @@ def test_the_callback_logs_layers_and_profiles_without_changing_training(probed_
     history = json.loads((probed / "gradients.json").read_text())
     assert len(history) == 2 and history[0]["step"] < history[1]["step"]  # a validation an epoch
     assert history[0]["sentences"] == 16 and len(history[0]["by_position"]) > 5
-    header = (probed / "logs" / "metrics.csv").read_text().splitlines()[0]
-    assert "grad_norm/encoder.rnn.l0" in header and "grad_norm/decoder.rnn.l0" in header
+    rows = read_rows(probed / "logs" / "metrics.csv")
+    assert "grad_norm/encoder.rnn.l0" in rows[0] and "grad_norm/decoder.rnn.l0" in rows[0]
+    steps = [int(r["step"]) for r in rows if r["grad_norm/encoder.rnn.l0"]]
+    last = int(torch.load(probed / "checkpoints" / "last.ckpt")["global_step"])
+    assert steps == list(range(0, last, 2))  # every second step, whatever log_every_n_steps
     assert (probed / "gradients.png").read_bytes()[:8] == PNG
 
 

@@ -52,7 +52,7 @@ def run(cfg: Any) -> dict[str, Any]:
                          for p, label, f in zip(paths, labels, found, strict=True)]}
     json_path = write_json(report, output.with_suffix(".json"))
     return {"output": str(output), "json": str(json_path),
-            "first_last_ratio": {label: round(f["first_last_ratio"], 4)
+            "first_last_ratio": {label: float(f"{f['first_last_ratio']:.4g}")
                                  for label, f in zip(labels, found, strict=True)}}
 
 

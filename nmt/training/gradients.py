@@ -117,10 +117,11 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
 
 
 class GradientFlow(L.Callback):
-    """Per-layer gradient norms every ``every_n_steps`` steps (logged ``grad_norm/<layer>``,
-    after unscaling under mixed precision), and at each validation the gradient at each
-    encoder state of the first ``sentences`` dev pairs (rank 0): ``gradients.json`` (one
-    entry per validation) and ``gradients.png`` in ``run_dir``."""
+    """Per-layer gradient norms every ``every_n_steps`` steps (``grad_norm/<layer>``, to
+    every logger (whose calls are rank 0's), after unscaling under mixed precision), and
+    at each validation the gradient at each encoder state of the first ``sentences`` dev
+    pairs (rank 0): ``gradients.json`` (one entry per validation) and ``gradients.png`` in
+    ``run_dir``."""
 
     def __init__(self, run_dir: str | os.PathLike, every_n_steps: int, sentences: int = 64
                  ) -> None:
@@ -135,8 +136,11 @@ class GradientFlow(L.Callback):
                                  optimizer: torch.optim.Optimizer) -> None:
         if trainer.global_step % self.every == 0:
             norms = layer_gradient_norms(_model(module))
-            module.log_dict({PREFIX + k: v for k, v in norms.items()}, on_step=True,
-                            on_epoch=False)
+            # To the loggers directly: self.log would keep only the steps that
+            # trainer.log_every_n_steps also logs.
+            for logger in trainer.loggers:
+                logger.log_metrics({PREFIX + k: v for k, v in norms.items()},
+                                   step=trainer.global_step)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
