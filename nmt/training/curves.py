@@ -114,6 +114,13 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLike) 
             axes[0][column].set_yscale("log")
             axes[1][column].set_yscale("log")
     axes[0][0].legend(fontsize="small")
+    return save_figure(fig, output)
+
+
+def save_figure(fig: Any, output: str | os.PathLike) -> Path:
+    """A matplotlib figure as a PNG at ``output``, written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

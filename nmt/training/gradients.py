@@ -25,7 +25,7 @@ from nmt.data.dataset import Batch
 from nmt.model.encoder import RNNEncoder, sequence_mask
 from nmt.model.probe import layer_gradient_norms, state_gradients
 from nmt.model.seq2seq import Seq2Seq
-from nmt.training.curves import Curve, read_curves
+from nmt.training.curves import Curve, read_curves, save_figure
 
 PREFIX = "grad_norm/"
 
@@ -97,14 +97,7 @@ def plot(profiles: Sequence[tuple[str, dict[str, Any]]], layers: dict[str, Curve
             axes[0][2].plot(steps, values, label=name)
         axes[0][2].set(title="gradient norm per layer", xlabel="step", yscale="log")
         axes[0][2].legend(fontsize="x-small")
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, output)
-    return output
+    return save_figure(fig, output)
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
