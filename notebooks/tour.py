@@ -95,8 +95,8 @@ display(Image(str(WORK / "model" / "curves.png")))
 # and so does `python translate.py checkpoint=...` typed at a terminal, one line at a time.
 
 # %%
-from nmt.decoding.options import Decoding  # noqa: E402
-from nmt.inference.translator import Translator  # noqa: E402
+from nmt.decoding.options import Decoding
+from nmt.inference.translator import Translator
 
 translator = Translator.from_checkpoint(CHECKPOINT)
 sentence = "A man in a blue shirt is riding a bike."
@@ -110,7 +110,7 @@ print(translator.src_tokenizer.encode_pieces(sentence))  # what the model reads
 # `translate.py attention_plots=DIR` writes the same plot for each sentence.
 
 # %%
-from nmt.inference.plots import plot_attention  # noqa: E402
+from nmt.inference.plots import plot_attention
 
 found = translator.translate([sentence], Decoding(beam_size=1), attention=True)[0]
 display(Image(str(plot_attention(found, translator.tgt_tokenizer, WORK / "attention.png"))))
@@ -124,11 +124,11 @@ display(Image(str(plot_attention(found, translator.tgt_tokenizer, WORK / "attent
 # (Against the tutorials) it adds 1.2 BLEU.
 
 # %%
-import itertools  # noqa: E402
+import itertools
 
-from nmt.core.metrics import Scoring  # noqa: E402
-from nmt.data.catalog import fetch_split  # noqa: E402
-from nmt.data.corpus import read_lines  # noqa: E402
+from nmt.core.metrics import Scoring
+from nmt.data.catalog import fetch_split
+from nmt.data.corpus import read_lines
 
 dev = fetch_split("multi30k", "val", "en", "de", WORK / "data", os.environ.get("NMT_DATA_DIR"))
 sources = list(itertools.islice(read_lines(dev.src), 200))
@@ -153,7 +153,9 @@ print(f"reference:            {references[0]}")
 # models and for the same models with fresh weights.
 
 # %%
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor
+
+from nmt.training.curves import plot_runs
 
 CELL_STEPS = 40
 runs = {cell: WORK / cell for cell in ("rnn", "gru", "lstm")}
@@ -168,8 +170,6 @@ def train_cell(cell):  # one thread each, the three at once
 
 with ThreadPoolExecutor(3) as pool:
     list(pool.map(train_cell, runs))
-
-from nmt.training.curves import plot_runs  # noqa: E402
 
 display(Image(str(plot_runs(list(runs.values()), WORK / "cells.png"))))
 
@@ -198,8 +198,8 @@ gradients(WORK / "gradients-untrained.png", "untrained=true")
 # gradient norm while it trained, and its profile at the validation:
 
 # %%
-from nmt.training.curves import read_curves  # noqa: E402
-from nmt.training.gradients import layer_curves  # noqa: E402
+from nmt.training.curves import read_curves
+from nmt.training.gradients import layer_curves
 
 for name, (steps, values) in layer_curves(read_curves(WORK / "model")).items():
     print(f"{name:28s} step {int(steps[0]):3d}: {values[0]:8.4f}"
@@ -216,13 +216,12 @@ display(Image(str(WORK / "model" / "gradients.png")))
 # blue square". A short run, then one test image and the cell it looked at for each word.
 
 # %%
+from nmt.inference.captioner import Captioner
+from nmt.inference.plots import plot_caption_attention
+
 caption_metrics = train(WORK / "caption", "task=caption", "data=shapes",
                         "trainer.max_steps=120", "trainer.max_epochs=5",
                         "+trainer.limit_val_batches=0", "optim.scheduler=null")
-
-from nmt.inference.captioner import Captioner  # noqa: E402
-from nmt.inference.plots import plot_caption_attention  # noqa: E402
-
 captioner = Captioner.from_checkpoint(WORK / "caption" / "checkpoints" / "last.ckpt")
 image = sorted((WORK / "data" / "shapes" / "generated" / "images").glob("test_*.png"))[0]
 caption = next(iter(captioner.caption_files([str(image)], attention_first=1)))
