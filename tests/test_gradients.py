@@ -220,3 +220,16 @@ def test_the_callback_under_ddp_probes_on_rank_0_between_steps(toy_dir, tmp_path
     steps = [int(r["step"]) for r in read_rows(run / "logs" / "metrics.csv")
              if r.get("grad_norm/encoder.rnn.l0")]
     assert steps == list(range(6))
+
+
+def test_checkpoints_that_cannot_be_probed_are_named(tmp_path):
+    from nmt.core.errors import CheckpointError
+    from nmt.training.gradient_report import load
+
+    with pytest.raises(CheckpointError, match="an exported model"):
+        load(str(tmp_path), untrained=False, seed=1)
+    captioner = tmp_path / "caption.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "tokenizers": {"tgt": b"spm"}},
+               captioner)
+    with pytest.raises(CheckpointError, match="image captioning model; gradient flow needs"):
+        load(str(captioner), untrained=False, seed=1)

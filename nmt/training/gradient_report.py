@@ -72,6 +72,9 @@ def dev_sentences(cfg: Any) -> tuple[list[str], list[str]]:
 def load(path: str, untrained: bool, seed: int) -> tuple[Seq2Seq, tuple[Tokenizer, Tokenizer]]:
     """A checkpoint's model (or the same architecture with fresh weights from ``seed``)
     and its source and target tokenizers."""
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path}: an exported model (a directory); gradient flow needs "
+                              "the .ckpt checkpoint it was exported from")
     ckpt = load_checkpoint(path)
     if not ckpt["tokenizers"].get("src"):
         raise CheckpointError(f"{path}: an image captioning model; gradient flow needs a "
