@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import files_config
 from PIL import Image
-from train_helpers import ROOT, compose_train, toy_overrides
+from train_helpers import ROOT, compose_train, toy_overrides, train_two_ranks
 
 from nmt.model import build_model
 from nmt.model.probe import layer_gradient_norms, layer_name, state_gradients, stepped_encoder
@@ -203,17 +203,11 @@ def test_the_command_refuses_bad_input_in_one_line(probed_runs, toy_dir, tmp_pat
 def test_the_callback_under_ddp_probes_on_rank_0_between_steps(toy_dir, tmp_path):
     """Two gloo processes: rank 0 probes at a validation in mid-epoch, and both ranks go on
     to the last step together (no gradient hook of DDP's fires for the probe)."""
-    out = tmp_path / "ranks"
-    out.mkdir()
     run = tmp_path / "run"
-    args = [*toy_overrides(files_config(toy_dir, tmp_path / "cache"), run),
-            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-            "trainer.max_steps=6", "trainer.val_check_interval=3",
-            "callbacks.gradient_flow.every_n_steps=1", "test_after_training=false"]
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "train_helpers.py"), str(out),
-                             *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = train_two_ranks([*toy_overrides(files_config(toy_dir, tmp_path / "cache"), run),
+                             "trainer.max_steps=6", "trainer.val_check_interval=3",
+                             "callbacks.gradient_flow.every_n_steps=1",
+                             "test_after_training=false"], tmp_path)
     assert all(r["global_step"] == 6 for r in ranks)
     history = json.loads((run / "gradients.json").read_text())
     assert history and history[0]["step"] == 3

@@ -14,7 +14,7 @@ import torch
 from conftest import files_config
 from lightning.pytorch.callbacks import Timer
 from omegaconf import OmegaConf
-from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides
+from train_helpers import ROOT, compose_train, fit_recorded, toy_overrides, train_two_ranks
 
 from nmt.core.errors import ConfigError
 from nmt.training.loss import label_smoothed_nll
@@ -274,16 +274,10 @@ def test_bf16_mixed_on_cpu(toy_cfg, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_see_disjoint_data(toy_cfg, tmp_path):
     """Also: the timed cosine follows rank 0's clock, so both replicas plan one length."""
-    out = tmp_path / "ranks"
-    out.mkdir()
-    args = [*toy_overrides(toy_cfg, tmp_path / "run"), "trainer.accelerator=cpu",
-            "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=6",
-            "optim=adam_cosine_timed", "optim.scheduler.warmup_steps=1",
-            "optim.scheduler.replan_every=2", 'trainer.max_time="00:00:30:00"']
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "train_helpers.py"), str(out),
-                             *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = train_two_ranks([*toy_overrides(toy_cfg, tmp_path / "run"), "trainer.max_steps=6",
+                             "optim=adam_cosine_timed", "optim.scheduler.warmup_steps=1",
+                             "optim.scheduler.replan_every=2",
+                             'trainer.max_time="00:00:30:00"'], tmp_path)
     assert all(r["world_size"] == 2 and r["global_step"] == 6 for r in ranks)
     assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 6
     seen = [{i for _, _, idx in r["steps"] for i in idx} for r in ranks]

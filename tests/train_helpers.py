@@ -98,6 +98,21 @@ def fit_recorded(cfg, crash_at: int | None = None, callbacks: list[L.Callback] |
     return recorder, trainer
 
 
+def train_two_ranks(overrides: list[str], tmp: Path) -> list[dict]:
+    """Trains with ``overrides`` on two gloo processes (DDP on the CPU), this file run as a
+    script; each rank's record (rank<R>.json: world size, global step, the steps' example
+    indices, ...). Fails the test with the run's stderr if it fails."""
+    import subprocess
+
+    out = tmp / "ranks"
+    out.mkdir()
+    args = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", *overrides]
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out), *args],
+                            cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
     recorder, trainer = fit_recorded(compose_train(sys.argv[2:]))
