@@ -13,7 +13,7 @@ from PIL import Image
 from train_helpers import ROOT, compose_train, toy_overrides
 
 from nmt.core.errors import ConfigError
-from nmt.training.curves import labels, plot_runs, read_curves
+from nmt.training.curves import labels, plot_runs, read_curves, write_atomically
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -63,3 +63,19 @@ def test_a_directory_that_is_no_run_is_named(tmp_path):
         plot_runs([tmp_path], tmp_path / "x.png")
     with pytest.raises(ConfigError, match="runs is empty"):
         plot_runs([], tmp_path / "x.png")
+
+
+def test_outputs_are_whole_or_not_written(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; give a file name"):
+        write_atomically(tmp_path, lambda tmp: tmp.write_text("x"))
+    target = tmp_path / "out" / "a.json"
+    write_atomically(target, lambda tmp: tmp.write_text("old"))
+
+    def fails(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(ConfigError, match=r"cannot write .*a\.json \(No space left on device\)"):
+        write_atomically(target, fails)
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["a.json"]  # no temporary file left

@@ -197,6 +197,11 @@ def test_the_command_refuses_bad_input_in_one_line(probed_runs, toy_dir, tmp_pat
     assert result.returncode != 0
     assert "sentences must be a positive integer" in result.stderr
     assert "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "nmt.cli", "gradients", f"checkpoint={ckpt}",
+                             f"src={toy_dir / 'valid.en'}", f"ref={toy_dir / 'valid.de'}",
+                             f"output={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: output={tmp_path} is a directory; give a file name"
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ labelled by the settings in which their configs differ (``model.cell=gru``).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,18 +117,43 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLike) 
     return save_figure(fig, output)
 
 
+def output_file(output: str | os.PathLike) -> Path:
+    """``output`` as a file to write: not a folder, its folder made; else a ConfigError."""
+    path = Path(output)
+    if path.is_dir():
+        raise ConfigError(f"output={output} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output={output}: cannot make its folder "
+                          f"({e.strerror or type(e).__name__})") from None
+    return path
+
+
+def write_atomically(output: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)``, then tmp renamed to ``output``: a reader never sees half a file. On
+    an OSError the temporary file goes, the previous ``output`` stays, a ConfigError says
+    which file."""
+    path = output_file(output)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
+    return path
+
+
 def save_figure(fig: Any, output: str | os.PathLike) -> Path:
-    """A matplotlib figure as a PNG at ``output``, written atomically, then closed."""
+    """A matplotlib figure as a PNG at ``output`` (``write_atomically``), then closed."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, output)
-    return output
+    try:
+        return write_atomically(output, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    finally:
+        plt.close(fig)
 
 
 class Curves(L.Callback):

@@ -22,7 +22,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.checkpoints import load_checkpoint
 from nmt.model import build_model, model_from_checkpoint
 from nmt.model.seq2seq import Seq2Seq
-from nmt.training.curves import Curve, differences, read_curves
+from nmt.training.curves import Curve, differences, output_file, read_curves
 from nmt.training.gradients import layer_curves, plot, profile, write_json
 
 MAX_SRC_LEN = 250  # source pieces kept per sentence, as translation keeps them
@@ -34,13 +34,13 @@ def run(cfg: Any) -> dict[str, Any]:
         raise ConfigError("checkpoint: an empty list; give one checkpoint or several")
     if not isinstance(cfg.sentences, int) or cfg.sentences < 1:
         raise ConfigError(f"sentences must be a positive integer, got {cfg.sentences!r}")
+    output_file(cfg.output)  # a bad output fails before the work
     sources, targets = dev_sentences(cfg)
     found, configs = [], []
     for path in map(str, paths):
         model, tokenizers = load(path, cfg.untrained, cfg.seed)
         found.append(profile(model, make_batch(tokenizers, sources, targets)))
-        configs.append({"model": model.record["config"] if model.record else {},
-                        "untrained": bool(cfg.untrained)})
+        configs.append({"model": model.record["config"] if model.record else {}})
     names = [Path(p).stem for p in paths]
     if len(set(names)) < len(names):  # runs/X/checkpoints/last.ckpt -> X/last
         names = [f"{Path(p).resolve().parent.parent.name}/{Path(p).stem}" for p in paths]

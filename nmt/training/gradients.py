@@ -25,7 +25,7 @@ from nmt.data.dataset import Batch
 from nmt.model.encoder import RNNEncoder, sequence_mask
 from nmt.model.probe import layer_gradient_norms, state_gradients
 from nmt.model.seq2seq import Seq2Seq
-from nmt.training.curves import Curve, read_curves, save_figure
+from nmt.training.curves import Curve, read_curves, save_figure, write_atomically
 
 PREFIX = "grad_norm/"
 
@@ -102,11 +102,7 @@ def plot(profiles: Sequence[tuple[str, dict[str, Any]]], layers: dict[str, Curve
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
     """``data`` as indented JSON, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 class GradientFlow(L.Callback):
