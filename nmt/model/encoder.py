@@ -49,6 +49,7 @@ class RNNEncoder(Encoder):
                  bidirectional: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         self.embed = embed
+        self.cell = cell  # its name in the cell registry (nmt/model/cells.py)
         self.rnn = build_rnn(cell, embed.embedding_dim, hidden_size, num_layers, dropout,
                              bidirectional)
         self.dropout = Dropout(dropout)

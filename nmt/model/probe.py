@@ -18,7 +18,7 @@ gradient too).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,32 +27,29 @@ from torch import nn
 
 from nmt.core.errors import ConfigError
 from nmt.core.tokens import PAD_ID
+from nmt.model.cells import get_cell
 from nmt.model.encoder import RNNEncoder, sequence_mask
 from nmt.model.seq2seq import Seq2Seq
-
-KERNELS: dict[str, Callable[..., Any]] = {
-    "RNN_TANH": torch.rnn_tanh_cell, "RNN_RELU": torch.rnn_relu_cell,
-    "GRU": torch.gru_cell, "LSTM": torch.lstm_cell}
 
 
 def stepped_encoder(encoder: RNNEncoder, src: torch.Tensor, src_lengths: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, Any, list[list[torch.Tensor]]]:
     """The encoder's forward (memory, mask, final), in eval mode, computed one step at a
     time; also the top layer's states, [direction][position] -> (B, H), each its own node
-    of the graph (``retain_grad`` them to read their gradients).
+    of the graph (``state_gradients`` asks autograd for theirs). Each step is the cell's
+    registered one-step kernel (nmt/model/cells.py) with the recurrence's own weights.
 
     Past a sequence's end a state is carried unchanged, so the forward direction's last
     state is that of the last real token, and the backward direction starts there from
     zeros, as packed sequences do. Padded positions of the memory are zero.
     """
-    rnn = encoder.rnn
-    kernel = KERNELS.get(getattr(rnn, "mode", ""))
+    rnn, cell = encoder.rnn, get_cell(encoder.cell)
+    kernel, paired = cell.kernel, cell.paired
     if not isinstance(rnn, nn.RNNBase) or kernel is None:
-        raise ConfigError("gradient flow: the encoder's recurrence is not nn.RNN, nn.GRU or "
-                          f"nn.LSTM ({type(rnn).__name__})")
-    paired = rnn.mode == "LSTM"
+        raise ConfigError(f"gradient flow: cell {encoder.cell!r} has no one-step kernel over "
+                          f"nn.RNN-style weights ({type(rnn).__name__})")
     mask = sequence_mask(src_lengths, src.size(1))  # (B, S)
-    x = [e for e in encoder.embed(src).unbind(1)]  # S x (B, E)
+    x = list(encoder.embed(src).unbind(1))  # S x (B, E)
     finals: list[list[torch.Tensor]] = [[], []]  # per part (h, c): per direction (B, H)
     states: list[list[torch.Tensor]] = []
     for layer in range(rnn.num_layers):
