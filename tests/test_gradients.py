@@ -166,6 +166,16 @@ def test_the_callback_logs_layers_and_profiles_without_changing_training(probed_
     assert (probed / "gradients.png").read_bytes()[:8] == PNG
 
 
+def test_a_resumed_run_keeps_its_gradient_history(toy_dir, tmp_path):
+    probe = ["callbacks.gradient_flow.every_n_steps=2", "callbacks.gradient_flow.sentences=8"]
+    run = toy_run(toy_dir, tmp_path, "run", *probe, "trainer.max_epochs=1")
+    first = json.loads((run / "gradients.json").read_text())
+    toy_run(toy_dir, tmp_path, "run", *probe, "trainer.max_epochs=2", "ckpt_path=last")
+    history = json.loads((run / "gradients.json").read_text())
+    assert len(first) == 1 and len(history) == 2 and history[0] == first[0]
+    assert history[1]["step"] > history[0]["step"]
+
+
 def test_the_command_overlays_checkpoints_and_writes_json(probed_runs, toy_dir, tmp_path):
     ckpts = [str(run / "checkpoints" / "last.ckpt") for run in probed_runs]
     out = tmp_path / "g.png"

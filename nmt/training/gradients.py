@@ -121,6 +121,12 @@ class GradientFlow(L.Callback):
         self.history: list[dict[str, Any]] = []
         self._batch: Batch | None = None
 
+    def state_dict(self) -> dict[str, Any]:  # in checkpoints: a resumed run keeps its history
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
     def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
         if trainer.global_step % self.every == 0:
