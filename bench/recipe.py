@@ -23,15 +23,16 @@ the averages (2 runs or more). Each is scored by evaluate.py's own code
 (``nmt.inference.evaluate.run``) with beam 5 on every test split of the runs' data (a catalog
 corpus: its test splits with both languages; data=files: test) that can be had here; one
 line names the splits that cannot be fetched (offline, no local copy), which are left
-out. BLEU is sacreBLEU's, cased, on detokenized output, as evaluate.py reports it.
+out. BLEU is sacreBLEU's on detokenized output, as evaluate.py reports it: cased, and
+lowercased (``bleu_lc``, the scale of the published Multi30k results) beside it.
 Hypotheses and report.json of each system: RUNS_DIR/evaluation/<system>/, reused while
 newer than its checkpoints.
 
-RUNS_DIR/results.md (also printed): BLEU of each seed's single and averaged model, their
-mean and sample standard deviation (ddof=1) over the seeds, and the two ensembles, one
-column per test split; then per split sacreBLEU's paired bootstrap (1000 resamples,
-sacrebleu's fixed seed) of the first seed's average and the two ensembles against the
-first seed's single model: p-values and 95% confidence intervals. The last line printed
+RUNS_DIR/results.md (also printed): BLEU and BLEU lc of each seed's single and averaged
+model, their mean and sample standard deviation (ddof=1) over the seeds, and the two
+ensembles, two columns per test split; then per split sacreBLEU's paired bootstrap (1000
+resamples, sacrebleu's fixed seed, both metrics) of the first seed's average and the two
+ensembles against the first seed's single model: p-values and 95% confidence intervals. The last line printed
 is one JSON object, also written to RUNS_DIR/results.json (keys are compared from run to
 run: keep them).
 """
@@ -75,6 +76,9 @@ from nmt.training.checkpointing import Preempted  # noqa: E402
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_EXPERIMENT = "multi30k_en_de_cpu60"
 BOOTSTRAP_SAMPLES = 1000
+# The scores of every table: BLEU as sacreBLEU gives it (cased) and lowercased, the scale
+# of the published Multi30k results; JSON keys of the lowercased ones end in _lc.
+METRICS = {"bleu": "BLEU", "bleu_lc": "BLEU lc"}
 # Options that take one value: a key=value token after one of them is its value, any
 # other key=value token is a train.py override (they may come after --seeds 1 2 3).
 VALUE_OPTIONS = ("--experiment", "--runs-dir", "--average", "--beam-size", "--device",
@@ -337,21 +341,25 @@ def lines(path: str) -> list[str]:
 
 
 def paired_bootstrap(baseline: list[str], systems: dict[str, list[str]], references: list[str],
-                     tgt_lang: str) -> dict[str, dict[str, float | None]]:
-    """sacreBLEU's paired bootstrap of ``systems`` against ``baseline``: name -> BLEU, the
-    bootstrap mean, its 95% confidence interval (half-width) and p-value (the baseline's
-    is None), under "baseline" and each system's name."""
+                     tgt_lang: str) -> dict[str, dict[str, dict[str, float | None]]]:
+    """sacreBLEU's paired bootstrap of ``systems`` against ``baseline``, on cased and
+    lowercased BLEU (the same resamples): metric ("bleu", "bleu_lc") -> name -> BLEU,
+    the bootstrap mean, its 95% confidence interval (half-width) and p-value (the
+    baseline's is None), under "baseline" and each system's name. sacrebleu's fixed
+    seed draws the same resamples for both metrics."""
     named: list[tuple[str, Sequence[str]]] = [("baseline", baseline), *systems.items()]
-    _, scores = PairedTest(named, {"BLEU": Scoring(tgt_lang).metric("bleu")}, [references],
-                           test_type="bs", n_samples=BOOTSTRAP_SAMPLES)()
-    results = next(v for k, v in scores.items() if k != "System")
-    out: dict[str, dict[str, float | None]] = {}
-    for name, r in zip(scores["System"], results, strict=True):
-        assert isinstance(name, str) and isinstance(r, Result)
-        assert r.mean is not None and r.ci is not None  # bootstrap: both are set
-        out[name] = {"bleu": round(r.score, 4), "mean": round(float(r.mean), 4),
-                     "ci": round(float(r.ci), 4),
-                     "p": None if r.p_value is None else round(float(r.p_value), 4)}
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for key in METRICS:  # one test each: sacrebleu keys its results by the metric's name
+        _, scores = PairedTest(named, {key: Scoring(tgt_lang).metric(key)}, [references],
+                               test_type="bs", n_samples=BOOTSTRAP_SAMPLES)()
+        results = next(v for k, v in scores.items() if k != "System")
+        out[key] = {}
+        for name, r in zip(scores["System"], results, strict=True):
+            assert isinstance(name, str) and isinstance(r, Result)
+            assert r.mean is not None and r.ci is not None  # bootstrap: both are set
+            out[key][name] = {"bleu": round(r.score, 4), "mean": round(float(r.mean), 4),
+                              "ci": round(float(r.ci), 4),
+                              "p": None if r.p_value is None else round(float(r.p_value), 4)}
     return out
 
 
@@ -373,26 +381,36 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([*out, *("| " + " | ".join(r) + " |" for r in rows)])
 
 
+def suffix(metric: str) -> str:
+    """What the JSON keys of ``metric`` end in: nothing for BLEU, _lc for lowercased."""
+    return "" if metric == "bleu" else "_" + metric.removeprefix("bleu_")
+
+
 def results_markdown(result: dict[str, Any], systems: list[System],
-                     scores: dict[str, dict[str, float]], bootstrap: dict[str, Any],
+                     scores: dict[str, dict[str, dict[str, float]]], bootstrap: dict[str, Any],
                      skipped: dict[str, str], command: str) -> str:
     splits, seeds = result["splits"], result["seeds"]
-    rows = [[s.label, *(fmt(scores[s.key][split]) for split in splits)]
-            for s in systems if s.key.startswith("seed")]
+    columns = [(split, metric) for split in splits for metric in METRICS]
+
+    def row(label: str, key: str) -> list[str]:
+        return [label, *(fmt(scores[m][key][split]) for split, m in columns)]
+
+    rows = [row(s.label, s.key) for s in systems if s.key.startswith("seed")]
     for kind in ("single", "averaged"):
         rows.append([f"{kind} mean ± std", *(
-            f"{fmt(result[f'{kind}_mean'][split])} ± {fmt(result[f'{kind}_std'][split])}"
-            for split in splits)])
-    rows += [[s.label, *(fmt(scores[s.key][split]) for split in splits)]
-             for s in systems if not s.key.startswith("seed")]
+            f"{fmt(result[f'{kind}_mean{suffix(m)}'][split])} ± "
+            f"{fmt(result[f'{kind}_std{suffix(m)}'][split])}" for split, m in columns)])
+    rows += [row(s.label, s.key) for s in systems if not s.key.startswith("seed")]
+    header = ["model", *(f"{split} {METRICS[m]}" for split, m in columns)]
     parts = [
         f"# Recipe: single, averaged, ensemble ({result['date']})",
         f"Machine: {result['machine']}. Seeds {', '.join(map(str, seeds))}; training minutes "
         f"{', '.join(fmt(m) for m in result['train_minutes'])}. Averaged: nmt/inference/average.py "
         f"{result['average']}. Beam {result['beam_size']}. Command: `{command}`",
-        f"BLEU (sacreBLEU, cased, detokenized; {result['bleu_signature']}); std is the sample "
-        "standard deviation over the seeds (ddof=1).",
-        markdown_table(["model", *splits], rows)]
+        f"BLEU: sacreBLEU on detokenized output ({result['bleu_signature']}); BLEU lc: the "
+        "same lowercased (case:lc), the scale of the published Multi30k results. std is the "
+        "sample standard deviation over the seeds (ddof=1).",
+        markdown_table(header, rows)]
     if skipped:
         parts.append("Skipped test splits (cannot be fetched here): " + "; ".join(
             f"{name}: {why}" for name, why in skipped.items()))
@@ -402,18 +420,34 @@ def results_markdown(result: dict[str, Any], systems: list[System],
         "baseline": labels[f"{first}_single"], "averaged": labels[f"{first}_averaged"],
         **{k: labels[k] for k in ("ensemble", "ensemble_avg") if k in labels}}
     parts.append(f"Paired bootstrap ({BOOTSTRAP_SAMPLES} resamples, sacrebleu.significance."
-                 f"PairedTest, test_type=bs) against the {names['baseline']} model. p: "
-                 "the probability, were the two equally good, of a BLEU difference (either "
-                 "way) at least as large as the one observed; (count + 1) / (resamples + 1), "
-                 "so 0.001 is the smallest. 95% CI: the mean BLEU over the resamples ± half "
-                 "the width of their 2.5-97.5 percentile interval.")
+                 f"PairedTest, test_type=bs) against the {names['baseline']} model. {P_VALUE}")
     for split in splits:
-        table = [[names[k], fmt(r["bleu"]), f"{fmt(r['mean'])} ± {fmt(r['ci'])}",
-                  "(baseline)" if r["p"] is None else f"{r['p']:.4f}"]
-                 for k, r in bootstrap[split].items()]
-        parts.append(f"{split}:\n\n" + markdown_table(
-            ["system", "BLEU", "bootstrap mean ± 95% CI", "p-value"], table))
+        parts.append(f"{split}:\n\n" + bootstrap_table(bootstrap[split], names))
     return "\n\n".join(parts) + "\n"
+
+
+P_VALUE = ("p: the probability, were the two equally good, of a BLEU difference (either way) "
+           "at least as large as the one observed; (count + 1) / (resamples + 1), so 0.001 "
+           "is the smallest. 95% CI: the mean BLEU over the resamples ± half the width of "
+           "their 2.5-97.5 percentile interval.")
+
+
+def bootstrap_table(bootstrap: dict[str, dict[str, dict[str, Any]]], names: dict[str, str]
+                    ) -> str:
+    """One split's paired bootstrap (metric -> system -> result): a row per system, BLEU,
+    CI and p-value of each metric."""
+    header = ["system"]
+    for label in METRICS.values():
+        header += [label, "bootstrap mean ± 95% CI", "p-value"]
+    rows = []
+    for name in bootstrap["bleu"]:
+        cells = [names[name]]
+        for metric in METRICS:
+            r = bootstrap[metric][name]
+            cells += [fmt(r["bleu"]), f"{fmt(r['mean'])} ± {fmt(r['ci'])}",
+                      "(baseline)" if r["p"] is None else f"{r['p']:.4f}"]
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def machine_description(device: str) -> str:
@@ -439,9 +473,38 @@ def evaluate_runs(args: argparse.Namespace, command: str) -> dict[str, Any]:
     systems = systems_of(runs, args.average)
     entries = {s.key: evaluate_system(s, data, splits, runs_dir / "evaluation" / s.key,
                                       args.beam_size, args.device) for s in systems}
-    scores = {key: {split: float(e[split]["bleu"]) for split in splits}
-              for key, e in entries.items()}
-    first = f"seed{seeds[0]}"
+    scores = {m: {key: {split: float(e[split][m]) for split in splits}
+                  for key, e in entries.items()} for m in METRICS}
+    bootstrap = bootstrap_splits(entries, splits, f"seed{seeds[0]}", data.tgt_lang)
+    result: dict[str, Any] = {"seeds": seeds, "splits": splits,
+                              "skipped_splits": list(skipped), "average": str(args.average),
+                              "beam_size": args.beam_size}
+    for metric in METRICS:
+        result.update(seed_statistics(scores[metric], seeds, splits, suffix(metric)))
+        result[f"paired_bootstrap_p{suffix(metric)}"] = {
+            split: {k: r["p"] for k, r in b[metric].items() if k != "baseline"}
+            for split, b in bootstrap.items()}
+        result[f"paired_bootstrap_ci{suffix(metric)}"] = {
+            split: {k: [r["mean"], r["ci"]] for k, r in b[metric].items()}
+            for split, b in bootstrap.items()}
+    result.update(
+        std="sample standard deviation over seeds (ddof=1); null for one seed",
+        bootstrap_samples=BOOTSTRAP_SAMPLES,
+        bleu_signature=entries[f"seed{seeds[0]}_single"][splits[0]]["bleu_signature"],
+        train_minutes=[train_minutes(runs[s]) for s in seeds],
+        machine=args.machine or machine_description(args.device),
+        date=time.strftime("%Y-%m-%d"), results=str(runs_dir / "results.md"))
+    markdown = results_markdown(result, systems, scores, bootstrap, skipped, command)
+    (runs_dir / "results.md").write_text(markdown)
+    (runs_dir / "results.json").write_text(json.dumps(result, indent=1))
+    print(markdown)
+    return result
+
+
+def bootstrap_splits(entries: dict[str, dict[str, dict[str, Any]]], splits: list[str],
+                     first: str, tgt_lang: str) -> dict[str, Any]:
+    """Split -> the paired bootstrap of the first seed's average and the ensembles
+    against the first seed's single model (``paired_bootstrap``'s result)."""
     compared = {"averaged": f"{first}_averaged", "ensemble": "ensemble",
                 "ensemble_avg": "ensemble_avg"}
     bootstrap = {}
@@ -450,34 +513,25 @@ def evaluate_runs(args: argparse.Namespace, command: str) -> dict[str, Any]:
         hyps = {name: lines(entries[key][split]["hypotheses"])
                 for name, key in compared.items() if key in entries}
         bootstrap[split] = paired_bootstrap(lines(baseline["hypotheses"]), hyps,
-                                            lines(baseline["reference"]), data.tgt_lang)
-    result: dict[str, Any] = {"seeds": seeds, "splits": splits,
-                              "skipped_splits": list(skipped), "average": str(args.average),
-                              "beam_size": args.beam_size}
+                                            lines(baseline["reference"]), tgt_lang)
+    return bootstrap
+
+
+def seed_statistics(scores: dict[str, dict[str, float]], seeds: list[int], splits: list[str],
+                    end: str) -> dict[str, Any]:
+    """One metric's JSON entries (keys ending in ``end``): each seed's single and averaged
+    score per split, their mean and standard deviation, and the two ensembles' (None
+    with one seed)."""
+    result: dict[str, Any] = {}
     for kind in ("single", "averaged"):
         per_seed = {split: [scores[f"seed{s}_{kind}"][split] for s in seeds] for split in splits}
         stats = {split: mean_std(values) for split, values in per_seed.items()}
-        result[f"{kind}_bleu"] = per_seed
-        result[f"{kind}_mean"] = {split: m for split, (m, _) in stats.items()}
-        result[f"{kind}_std"] = {split: s for split, (_, s) in stats.items()}
+        result[f"{kind}_bleu{end}"] = per_seed
+        result[f"{kind}_mean{end}"] = {split: m for split, (m, _) in stats.items()}
+        result[f"{kind}_std{end}"] = {split: s for split, (_, s) in stats.items()}
     for key, name in (("ensemble", "ensemble_bleu"), ("ensemble_avg", "ensemble_avg_bleu")):
-        result[name] = {split: scores[key][split] if key in scores else None
-                        for split in splits}
-    result["paired_bootstrap_p"] = {split: {k: r["p"] for k, r in b.items() if k != "baseline"}
-                                    for split, b in bootstrap.items()}
-    result["paired_bootstrap_ci"] = {split: {k: [r["mean"], r["ci"]] for k, r in b.items()}
-                                     for split, b in bootstrap.items()}
-    result.update(
-        std="sample standard deviation over seeds (ddof=1); null for one seed",
-        bootstrap_samples=BOOTSTRAP_SAMPLES,
-        bleu_signature=entries[f"{first}_single"][splits[0]]["bleu_signature"],
-        train_minutes=[train_minutes(runs[s]) for s in seeds],
-        machine=args.machine or machine_description(args.device),
-        date=time.strftime("%Y-%m-%d"), results=str(runs_dir / "results.md"))
-    markdown = results_markdown(result, systems, scores, bootstrap, skipped, command)
-    (runs_dir / "results.md").write_text(markdown)
-    (runs_dir / "results.json").write_text(json.dumps(result, indent=1))
-    print(markdown)
+        result[name + end] = {split: scores[key][split] if key in scores else None
+                              for split in splits}
     return result
 
 

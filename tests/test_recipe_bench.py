@@ -24,7 +24,9 @@ KEYS = {"seeds", "splits", "skipped_splits", "average", "beam_size", "single_ble
         "single_mean", "single_std", "averaged_bleu", "averaged_mean", "averaged_std",
         "ensemble_bleu", "ensemble_avg_bleu", "paired_bootstrap_p", "paired_bootstrap_ci",
         "std", "bootstrap_samples", "bleu_signature", "train_minutes", "machine", "date",
-        "results"}
+        "results", "single_bleu_lc", "single_mean_lc", "single_std_lc", "averaged_bleu_lc",
+        "averaged_mean_lc", "averaged_std_lc", "ensemble_bleu_lc", "ensemble_avg_bleu_lc",
+        "paired_bootstrap_p_lc", "paired_bootstrap_ci_lc"}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_table_rows(evaluated):
                          "seed 3 averaged (last=3)", "single mean ± std",
                          "averaged mean ± std", "ensemble of 3 singles",
                          "ensemble of 3 averages"]
-    assert "| model | test |" in text and "ddof=1" in text
+    assert "| model | test BLEU | test BLEU lc |" in text and "ddof=1" in text
     # The bootstrap table of the split: baseline, then the averaged model and the ensembles.
     assert rows[11:] == ["system", "seed 1 single", "seed 1 averaged (last=3)",
                          "ensemble of 3 singles", "ensemble of 3 averages"]
@@ -87,19 +89,24 @@ def test_json_keys_numbers_and_spread(evaluated):
     assert result["seeds"] == [1, 2, 3] and result["splits"] == ["test"]
     assert result["skipped_splits"] == [] and result["machine"] == "toy"
     assert json.loads((runs_dir / "results.json").read_text()) == result
-    for kind in ("single", "averaged"):
-        values = result[f"{kind}_bleu"]["test"]
-        assert len(values) == 3 and all(finite(v) for v in values)
-        assert len(set(values)) > 1  # the seeds' models differ
-        assert result[f"{kind}_mean"]["test"] == pytest.approx(np.mean(values), abs=1e-4)
-        assert result[f"{kind}_std"]["test"] == pytest.approx(np.std(values, ddof=1), abs=1e-4)
-    assert result["ensemble_bleu"]["test"] > 0 and finite(result["ensemble_avg_bleu"]["test"])
-    p = result["paired_bootstrap_p"]["test"]
-    assert set(p) == {"averaged", "ensemble", "ensemble_avg"}
-    assert all(finite(v) and 0 <= v <= 1 for v in p.values())
-    ci = result["paired_bootstrap_ci"]["test"]
-    assert set(ci) == {"baseline", *p}
-    assert all(finite(m) and finite(c) and c >= 0 for m, c in ci.values())
+    for end in ("", "_lc"):  # cased BLEU, then lowercased
+        for kind in ("single", "averaged"):
+            values = result[f"{kind}_bleu{end}"]["test"]
+            assert len(values) == 3 and all(finite(v) for v in values)
+            assert len(set(values)) > 1  # the seeds' models differ
+            assert result[f"{kind}_mean{end}"]["test"] == pytest.approx(np.mean(values),
+                                                                        abs=1e-4)
+            assert result[f"{kind}_std{end}"]["test"] == pytest.approx(
+                np.std(values, ddof=1), abs=1e-4)
+        assert result[f"ensemble_bleu{end}"]["test"] > 0
+        assert finite(result[f"ensemble_avg_bleu{end}"]["test"])
+        p = result[f"paired_bootstrap_p{end}"]["test"]
+        assert set(p) == {"averaged", "ensemble", "ensemble_avg"}
+        assert all(finite(v) and 0 <= v <= 1 for v in p.values())
+        ci = result[f"paired_bootstrap_ci{end}"]["test"]
+        assert set(ci) == {"baseline", *p}
+        assert all(finite(m) and finite(c) and c >= 0 for m, c in ci.values())
+
     # Training time from Lightning's Timer (the experiment's trainer.max_time).
     assert all(finite(m) and 0 < m < 10 for m in result["train_minutes"])
 
@@ -112,14 +119,16 @@ def test_scores_are_evaluate_py_reports(evaluated):
         [entry] = json.loads((runs_dir / "evaluation" / f"seed{seed}_single" /
                               "report.json").read_text())
         assert entry["checkpoint"] == best["best_checkpoint"] and entry["bleu"] == bleu
+        assert entry["bleu_lc"] == result["single_bleu_lc"]["test"][int(seed) - 1]
         assert entry["decoding"]["beam_size"] == 3
         singles.append(entry["checkpoint"])
     [ensemble] = json.loads((runs_dir / "evaluation" / "ensemble" / "report.json").read_text())
     assert ensemble["checkpoint"] == "+".join(singles)
     assert ensemble["bleu"] == result["ensemble_bleu"]["test"]
     # The bootstrap scores the same hypotheses: its resamples' mean is near the table's BLEU.
-    mean, ci = result["paired_bootstrap_ci"]["test"]["baseline"]
-    assert abs(mean - result["single_bleu"]["test"][0]) < ci
+    for end in ("", "_lc"):
+        mean, ci = result[f"paired_bootstrap_ci{end}"]["test"]["baseline"]
+        assert abs(mean - result[f"single_bleu{end}"]["test"][0]) < ci
 
 
 def test_averages_of_the_last_checkpoints_written_once(evaluated, capsys):
@@ -170,7 +179,8 @@ def test_one_seed_has_no_spread_and_no_ensemble(trained, tmp_path):
     assert result["ensemble_bleu"] == {"test": None} == result["ensemble_avg_bleu"]
     assert list(result["paired_bootstrap_p"]["test"]) == ["averaged"]
     text = (tmp_path / "results.md").read_text()
-    assert f"| single mean ± std | {result['single_bleu']['test'][0]:.2f} ± - |" in text
+    assert (f"| single mean ± std | {result['single_bleu']['test'][0]:.2f} ± - | "
+            f"{result['single_bleu_lc']['test'][0]:.2f} ± - |") in text
     assert "ensemble of" not in text
 
 
