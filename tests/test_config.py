@@ -69,8 +69,8 @@ def test_command_line_typo_exits_2_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: model.dropuot: unknown key; valid keys: attention, attention_gate, "
         "attention_size, bidirectional, bridge, cell, decoder_hidden, decoder_layers, dropout, "
-        "emb_size, encoder, encoder_hidden, encoder_layers, input_feeding, tie_embeddings, "
-        "tie_src_tgt"]
+        "emb_size, encoder, encoder_hidden, encoder_layers, forget_bias, input_feeding, "
+        "tie_embeddings, tie_src_tgt, word_dropout"]
     assert not (tmp_path / "runs").exists()
 
 

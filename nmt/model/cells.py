@@ -87,6 +87,32 @@ def get_cell(name: str) -> Cell:
     return CELLS[name]
 
 
+def check_forget_bias(value: Any, cell: str) -> None:
+    """A ValueError unless ``value`` is None or a number and the cell has a forget gate."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"forget_bias must be a number or null, got {value!r}")
+    if cell != "lstm":
+        raise ValueError(f"forget_bias is the LSTM's forget-gate bias; cell={cell} has none "
+                         "(use cell=lstm, or forget_bias=null)")
+
+
+def set_forget_bias(module: nn.Module, value: float) -> None:
+    """Every nn.LSTM in ``module`` starts with forget-gate bias ``value`` (b_ih's forget
+    rows ``value``, b_hh's zero; Gers et al. (2000), Jozefowicz et al. (2015)): with 1
+    the cell keeps ~73% of its memory a step at first instead of ~50%, and gradients
+    reach further back. No random draw: the rest of the weights are unchanged."""
+    for lstm in (m for m in module.modules() if isinstance(m, nn.LSTM)):
+        rows = slice(lstm.hidden_size, 2 * lstm.hidden_size)  # gates (i, f, g, o)
+        with torch.no_grad():
+            for name, param in lstm.named_parameters():
+                if name.startswith("bias_ih"):
+                    param[rows] = value
+                elif name.startswith("bias_hh"):
+                    param[rows] = 0.0
+
+
 def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
               bidirectional: bool = False) -> nn.Module:
     """The registered recurrence (nn.RNN (tanh), nn.GRU, nn.LSTM, ...), batch-first,

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.model.cells import State, build_rnn, map_state, run_rnn
-from nmt.model.dropout import Dropout
+from nmt.model.dropout import Dropout, drop_words
 
 
 def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -46,9 +46,11 @@ class RNNEncoder(Encoder):
     """Token embeddings, then a (bidirectional, multi-layer) RNN over packed sequences."""
 
     def __init__(self, embed: nn.Embedding, cell: str, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = True, dropout: float = 0.0) -> None:
+                 bidirectional: bool = True, dropout: float = 0.0,
+                 word_dropout: float = 0.0) -> None:
         super().__init__()
         self.embed = embed
+        self.word_dropout = word_dropout  # whole source tokens -> UNK, in training
         self.cell = cell  # its name in the cell registry (nmt/model/cells.py)
         self.rnn = build_rnn(cell, embed.embedding_dim, hidden_size, num_layers, dropout,
                              bidirectional)
@@ -63,7 +65,7 @@ class RNNEncoder(Encoder):
         Padded positions of the memory are zero; the final state is that of each
         sequence's last real token (packing takes care of it), top layer only.
         """
-        emb = self.embed(src)  # (B, S, E)
+        emb = self.embed(drop_words(src, self.word_dropout) if self.training else src)
         packed = pack_padded_sequence(self.dropout(emb), src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         packed_out, final = run_rnn(self.rnn, packed)  # final (L*D, B, H), or (h, c)

@@ -23,7 +23,7 @@ from torch import nn
 from nmt.core.errors import CheckpointError
 from nmt.core.tokens import PAD_ID
 from nmt.model.attention import attention_choices
-from nmt.model.cells import get_cell
+from nmt.model.cells import check_forget_bias, get_cell, set_forget_bias
 from nmt.model.encoder import Encoder, RNNEncoder
 from nmt.model.image_encoder import IMAGE_DEFAULTS, build_image_encoder, check_image_options
 from nmt.model.seq2seq import BRIDGES, LEGACY_NAMES, Seq2Seq
@@ -34,7 +34,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "encoder": "rnn", "emb_size": 256, "cell": "lstm", "decoder_hidden": 512,
     "decoder_layers": 1, "attention": "bahdanau", "attention_size": None,
     "input_feeding": True, "bridge": "linear", "dropout": 0.2, "tie_embeddings": True,
-    "tie_src_tgt": False, "attention_gate": False,
+    "tie_src_tgt": False, "attention_gate": False, "word_dropout": 0.0, "forget_bias": None,
 }
 # Checked to be positive integers wherever they appear (None: unset).
 SIZES = ("emb_size", "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers",
@@ -82,7 +82,7 @@ def _rnn_encoder(config: dict[str, Any], src_vocab_size: int, pad_id: int,
     embed = (shared if shared is not None
              else nn.Embedding(src_vocab_size, config["emb_size"], padding_idx=pad_id))
     return RNNEncoder(embed, config["cell"], config["encoder_hidden"], config["encoder_layers"],
-                      config["bidirectional"], config["dropout"])
+                      config["bidirectional"], config["dropout"], config["word_dropout"])
 
 
 register_encoder("rnn", _rnn_encoder, encoder_hidden=256, encoder_layers=1, bidirectional=True)
@@ -116,8 +116,11 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         unset = key == "attention_size" and value is None  # None: decoder_hidden
         if key in full and not unset and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    if not 0 <= full["dropout"] < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {full['dropout']}")
+    for key in ("dropout", "word_dropout"):
+        value = full[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+            raise ValueError(f"{key} must be in [0, 1), got {value!r}")
+    check_forget_bias(full["forget_bias"], full["cell"])
     if not isinstance(full["attention_gate"], bool):
         raise ValueError(f"attention_gate must be true or false, got {full['attention_gate']!r}")
     if entry.check is not None:
@@ -144,7 +147,9 @@ def build_model(config: dict[str, Any], src_vocab_size: int, tgt_vocab_size: int
     model = Seq2Seq(encoder, tgt_embed, full["cell"], full["decoder_hidden"],
                     full["decoder_layers"], full["attention"], full["attention_size"],
                     full["input_feeding"], full["bridge"], full["dropout"],
-                    full["tie_embeddings"], full["attention_gate"])
+                    full["tie_embeddings"], full["attention_gate"], full["word_dropout"])
+    if full["forget_bias"] is not None:
+        set_forget_bias(model, full["forget_bias"])
     model.record = {"version": RECORD_VERSION, "architecture": ARCHITECTURE, "config": full,
                     "src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size,
                     "pad_id": pad_id}

@@ -20,7 +20,7 @@ from torch import nn
 
 from nmt.model.cells import State, map_state
 from nmt.model.decoder import DecoderState, RNNDecoder
-from nmt.model.dropout import Dropout
+from nmt.model.dropout import Dropout, drop_words
 from nmt.model.encoder import Encoder
 
 BRIDGES = ("linear", "zeros")
@@ -52,7 +52,8 @@ class Seq2Seq(nn.Module):
                  decoder_hidden: int = 512, decoder_layers: int = 1,
                  attention: str = "bahdanau", attention_size: int | None = None,
                  input_feeding: bool = True, bridge: str = "linear", dropout: float = 0.2,
-                 tie_embeddings: bool = True, attention_gate: bool = False) -> None:
+                 tie_embeddings: bool = True, attention_gate: bool = False,
+                 word_dropout: float = 0.0) -> None:
         super().__init__()
         if bridge not in BRIDGES:
             raise ValueError(f"unknown bridge {bridge!r}; valid choices: {', '.join(BRIDGES)}")
@@ -68,6 +69,7 @@ class Seq2Seq(nn.Module):
                                   decoder_layers, attention, attention_size, input_feeding,
                                   dropout, attention_gate)
         self.emb_dropout = Dropout(dropout)
+        self.word_dropout = word_dropout  # of target inputs in training (the encoder: its own)
         # Bridge: the encoder's final state -> every layer of each decoder state part.
         n_states = 2 if self.decoder.paired else 1
         self.bridge = (nn.ModuleList(
@@ -167,6 +169,8 @@ class Seq2Seq(nn.Module):
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The decoder side of teacher forcing: logits (B, T, V) and attention (B, T, S)
         or None for target inputs (B, T) given an encoded batch."""
+        if self.training:
+            tgt_in = drop_words(tgt_in, self.word_dropout)
         emb = self.emb_dropout(self.tgt_embed(tgt_in))  # (B, T, E)
         out, attn = self.decoder(emb, self.init_state(enc), enc.keys, enc.memory, enc.mask)
         return self.logits(out), attn  # one output matmul for all positions
