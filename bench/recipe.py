@@ -32,9 +32,9 @@ RUNS_DIR/results.md (also printed): BLEU and BLEU lc of each seed's single and a
 model, their mean and sample standard deviation (ddof=1) over the seeds, and the two
 ensembles, two columns per test split; then per split sacreBLEU's paired bootstrap (1000
 resamples, sacrebleu's fixed seed, both metrics) of the first seed's average and the two
-ensembles against the first seed's single model: p-values and 95% confidence intervals. The last line printed
-is one JSON object, also written to RUNS_DIR/results.json (keys are compared from run to
-run: keep them).
+ensembles against the first seed's single model: p-values and 95% confidence intervals.
+The last line printed is one JSON object, also written to RUNS_DIR/results.json (keys
+are compared from run to run: keep them).
 """
 
 from __future__ import annotations
@@ -357,9 +357,11 @@ def paired_bootstrap(baseline: list[str], systems: dict[str, list[str]], referen
         for name, r in zip(scores["System"], results, strict=True):
             assert isinstance(name, str) and isinstance(r, Result)
             assert r.mean is not None and r.ci is not None  # bootstrap: both are set
+            p = None if r.p_value is None else round(float(r.p_value), 4)
+            if name != "baseline" and list(systems[name]) == list(baseline):
+                p = 1.0  # sacrebleu counts differences strictly larger: 1 / (n + 1) here
             out[key][name] = {"bleu": round(r.score, 4), "mean": round(float(r.mean), 4),
-                              "ci": round(float(r.ci), 4),
-                              "p": None if r.p_value is None else round(float(r.p_value), 4)}
+                              "ci": round(float(r.ci), 4), "p": p}
     return out
 
 
@@ -427,9 +429,9 @@ def results_markdown(result: dict[str, Any], systems: list[System],
 
 
 P_VALUE = ("p: the probability, were the two equally good, of a BLEU difference (either way) "
-           "at least as large as the one observed; (count + 1) / (resamples + 1), so 0.001 "
-           "is the smallest. 95% CI: the mean BLEU over the resamples ± half the width of "
-           "their 2.5-97.5 percentile interval.")
+           "larger than the one observed; (count + 1) / (resamples + 1), so 0.001 is the "
+           "smallest, and 1 for identical outputs. 95% CI: the mean BLEU over the "
+           "resamples ± half the width of their 2.5-97.5 percentile interval.")
 
 
 def bootstrap_table(bootstrap: dict[str, dict[str, dict[str, Any]]], names: dict[str, str]
