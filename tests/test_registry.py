@@ -63,7 +63,8 @@ def test_every_registered_combination_builds(encoder, cell, attention):
 
 @pytest.mark.parametrize(("config", "match"), [
     ({"encoder": "resnet"}, r"^unknown encoder 'resnet'; valid choices: rnn, image$"),
-    ({"cell": "transformer"}, r"^unknown cell 'transformer'; valid choices: rnn, gru, lstm$"),
+    ({"cell": "transformer"},
+     r"^unknown cell 'transformer'; valid choices: rnn, gru, lstm, ln_lstm$"),
     ({"attention": "magic"}, r"^unknown attention 'magic'; valid choices: bahdanau, luong_dot, "
                              r"luong_general, luong_concat, none$"),
     ({"bridge": "mlp"}, r"^unknown bridge 'mlp'; valid choices: linear, zeros$"),

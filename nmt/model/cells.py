@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from nmt.model.layer_norm import LayerNormLSTM
+
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (L, B, H), or (h, c) for LSTM
 
 
@@ -78,6 +80,8 @@ def _lstm_gates(gi: torch.Tensor, gh: torch.Tensor, state: tuple[torch.Tensor, t
 register_cell("rnn", nn.RNN, torch.rnn_tanh_cell, gates=_tanh_gates)
 register_cell("gru", nn.GRU, torch.gru_cell, gates=_gru_gates)
 register_cell("lstm", nn.LSTM, torch.lstm_cell, paired=True, gates=_lstm_gates)
+register_cell("ln_lstm", LayerNormLSTM, paired=True)  # no fused kernel: a step loop
+FORGET_GATE_CELLS = ("lstm", "ln_lstm")  # gates (i, f, g, o), biases named bias_ih*
 
 
 def get_cell(name: str) -> Cell:
@@ -93,17 +97,18 @@ def check_forget_bias(value: Any, cell: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"forget_bias must be a number or null, got {value!r}")
-    if cell != "lstm":
+    if cell not in FORGET_GATE_CELLS:
         raise ValueError(f"forget_bias is the LSTM's forget-gate bias; cell={cell} has none "
-                         "(use cell=lstm, or forget_bias=null)")
+                         f"(use cell={' or '.join(FORGET_GATE_CELLS)}, or forget_bias=null)")
 
 
 def set_forget_bias(module: nn.Module, value: float) -> None:
-    """Every nn.LSTM in ``module`` starts with forget-gate bias ``value`` (b_ih's forget
-    rows ``value``, b_hh's zero; Gers et al. (2000), Jozefowicz et al. (2015)): with 1
-    the cell keeps ~73% of its memory a step at first instead of ~50%, and gradients
-    reach further back. No random draw: the rest of the weights are unchanged."""
-    for lstm in (m for m in module.modules() if isinstance(m, nn.LSTM)):
+    """Every LSTM (nn.LSTM, LayerNormLSTM) in ``module`` starts with forget-gate bias
+    ``value`` (b_ih's forget rows ``value``, b_hh's zero; Gers et al. (2000), Jozefowicz
+    et al. (2015)): with 1 the cell keeps ~73% of its memory a step at first instead of
+    ~50%, and gradients reach further back. No random draw: the rest of the weights are
+    unchanged."""
+    for lstm in (m for m in module.modules() if isinstance(m, nn.LSTM | LayerNormLSTM)):
         rows = slice(lstm.hidden_size, 2 * lstm.hidden_size)  # gates (i, f, g, o)
         with torch.no_grad():
             for name, param in lstm.named_parameters():
