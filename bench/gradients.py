@@ -66,7 +66,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     runs: dict[str, str] = {}
     result: dict[str, Any] = {"steps": args.steps, "ratio": {}, "ratio_untrained": {},
-                              "dev_bleu": {}, "first": {}, "last": {}}
+                              "dev_bleu": {}, "dev_bleu_lc": {}, "first": {}, "last": {}}
     for cell in args.cells:
         for attention in ATTENTIONS:
             name = f"{cell}_{attention}"
@@ -82,6 +82,7 @@ def main() -> None:
             result["first"][name] = trained["first"]
             result["last"][name] = trained["last"]
             result["dev_bleu"][name] = round(summary.get("val/bleu", float("nan")), 2)
+            result["dev_bleu_lc"][name] = round(summary.get("val/bleu_lc", float("nan")), 2)
             print(name, json.dumps({k: v[name] for k, v in result.items() if k != "steps"}),
                   flush=True)
     gradients(list(runs.values()), args.runs_dir / "profiles.png")
