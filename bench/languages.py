@@ -54,8 +54,8 @@ def scores(checkpoint: str, data: str, split: str, out_dir: Path) -> dict[str, A
     """BLEU (the language's tokenizer) and chrF, and BLEU with 13a beside them."""
     own = evaluate(checkpoint, data, split, out_dir / "own")
     plain = evaluate(checkpoint, data, split, out_dir / "13a", "metrics.bleu_tokenize=13a")
-    return {"bleu": own["bleu"], "chrf": own["chrf"], "bleu_signature": own["bleu_signature"],
-            "bleu_13a": plain["bleu"]}
+    return {"bleu": own["bleu"], "bleu_lc": own["bleu_lc"], "chrf": own["chrf"],
+            "bleu_signature": own["bleu_signature"], "bleu_13a": plain["bleu"]}
 
 
 def pair_result(lang: str, runs_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def finetune_result(base: str, runs_dir: Path, minutes: float, overrides: list[s
     out = runs_dir / "finetune"
     before = {"gettext": scores(base, "gettext_en_de", "test", out / "before-gettext"),
               "multi30k": evaluate(base, "multi30k_en_de", "test_2016_flickr",
-                                   out / "before-multi30k")["bleu"]}
+                                   out / "before-multi30k")}
     seconds = round(minutes * 60)
     limit = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"  # DD:HH:MM:SS
     summary = train(out / "run", [f"init_from={base}", "experiment=gettext_demo",
@@ -83,11 +83,11 @@ def finetune_result(base: str, runs_dir: Path, minutes: float, overrides: list[s
     tuned = summary["best_checkpoint"]
     after = {"gettext": scores(tuned, "gettext_en_de", "test", out / "after-gettext"),
              "multi30k": evaluate(tuned, "multi30k_en_de", "test_2016_flickr",
-                                  out / "after-multi30k")["bleu"]}
+                                  out / "after-multi30k")}
     return {"base": base, "minutes": minutes, "checkpoint": tuned,
-            "gettext_bleu_before": before["gettext"]["bleu"],
-            "gettext_bleu_after": after["gettext"]["bleu"],
-            "multi30k_bleu_before": before["multi30k"], "multi30k_bleu_after": after["multi30k"]}
+            **{f"{corpus}_{metric}_{when}": scores[corpus][metric]
+               for when, scores in (("before", before), ("after", after))
+               for corpus in ("gettext", "multi30k") for metric in ("bleu", "bleu_lc")}}
 
 
 def main() -> None:
