@@ -85,8 +85,8 @@ def finetune_result(base: str, runs_dir: Path, minutes: float, overrides: list[s
              "multi30k": evaluate(tuned, "multi30k_en_de", "test_2016_flickr",
                                   out / "after-multi30k")}
     return {"base": base, "minutes": minutes, "checkpoint": tuned,
-            **{f"{corpus}_{metric}_{when}": scores[corpus][metric]
-               for when, scores in (("before", before), ("after", after))
+            **{f"{corpus}_{metric}_{when}": measured[corpus][metric]
+               for when, measured in (("before", before), ("after", after))
                for corpus in ("gettext", "multi30k") for metric in ("bleu", "bleu_lc")}}
 
 
